@@ -1,0 +1,39 @@
+# dlpipe developer entry points. `make demo` runs the main job, `make test` the tests.
+VENV ?= .venv
+GPU ?= 0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dlpipe-installed-gpu$(GPU)
+
+.PHONY: install install-gpu test test-fast demo bench lint format clean
+
+install: $(STAMP)
+
+# Re-runs only when the inputs of the install change, so a second `make install` takes seconds.
+$(STAMP): pyproject.toml constraints.txt tools/install.sh
+	@rm -f $(VENV)/.dlpipe-installed-gpu*
+	bash tools/install.sh $(VENV) $(GPU)
+	@touch $@
+
+install-gpu:
+	$(MAKE) install GPU=1
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/dlpipe run pipelines/quickstart.yaml
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache build dist src/*.egg-info
+	find exports -mindepth 1 ! -name .gitkeep -delete

@@ -1,0 +1,178 @@
+"""Checkpoints: safetensors weights + everything needed to rebuild and resume, never a pickle.
+
+One `.safetensors` file holds every tensor (model weights grouped by prefix, optimizer tensors,
+RNG states) and, in its header metadata, the JSON description (`meta`: architecture, arguments,
+class names, preprocessing, versions, data fingerprint) and the JSON training state with
+references to its tensors. One file means one atomic rename: a crash mid-write leaves the previous
+checkpoint intact. A `.json` sidecar repeats `meta` for people and tools; loading never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import atomic_path, write_text
+from .errors import BadInput
+
+FORMAT = "dlpipe-checkpoint/1"
+_META_KEY = "dlpipe.meta"
+_STATE_KEY = "dlpipe.state"
+_FORMAT_KEY = "dlpipe.format"
+
+
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` returns: weights per group, the description, the training state."""
+
+    path: Path
+    meta: dict[str, Any]
+    weights: dict[str, dict[str, Any]] = field(default_factory=dict)  # group -> state_dict
+    state: dict[str, Any] = field(default_factory=dict)  # optimizer, scheduler, epoch, rng, ...
+
+
+def _flatten(obj: Any, tensors: dict[str, Any]) -> Any:
+    """Replace tensors by references, keep JSON-able structure (int dict keys and tuples too)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        key = f"__state__/{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _flatten(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[k, _flatten(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_flatten(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_flatten(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint state")
+
+
+def _unflatten(obj: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__items__" in obj:
+            return {k: _unflatten(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+        return {k: _unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_checkpoint(
+    path: str | Path,
+    weights: dict[str, dict[str, Any]],
+    meta: dict[str, Any],
+    state: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write a checkpoint; `weights` maps a group name ("model", "ema", ...) to a state_dict."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors: dict[str, Any] = {}
+    seen: set[int] = set()
+    for group, state_dict in weights.items():
+        for name, t in state_dict.items():
+            t = t.detach().cpu().contiguous()
+            if t.data_ptr() in seen and t.numel():  # safetensors refuses shared storage
+                t = t.clone()
+            seen.add(t.data_ptr())
+            tensors[f"{group}/{name}"] = t
+    state_json = _flatten(state or {}, tensors)
+    meta = {"format": FORMAT, "dlpipe_version": __version__, **meta}
+    header = {
+        _FORMAT_KEY: FORMAT,
+        _META_KEY: json.dumps(meta, sort_keys=True),
+        _STATE_KEY: json.dumps(state_json),
+        "dlpipe.groups": json.dumps(sorted(weights)),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Read only the description of a checkpoint (cheap: the header, no tensors)."""
+    return _open(Path(path))[0]
+
+
+def _open(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise BadInput(
+            f"Checkpoint {path} does not exist.",
+            hint="Pass a run directory or a .safetensors checkpoint.",
+        )
+    if path.is_dir():
+        raise BadInput(
+            f"{path} is a folder, not a checkpoint file.", hint="Pass a .safetensors file."
+        )
+    _refuse_pickle(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise BadInput(
+            f"Checkpoint {path} is truncated or not a safetensors file ({exc}).",
+            hint="Use the last complete checkpoint of the run (checkpoints/last.safetensors) or re-train.",
+        ) from None
+    if header.get(_FORMAT_KEY) != FORMAT:
+        raise BadInput(
+            f"{path} is a safetensors file but not a dlpipe checkpoint (no '{_FORMAT_KEY}' header).",
+            hint="Plain weight files go to --weights, not to --resume or export.",
+        )
+    return json.loads(header[_META_KEY]), header
+
+
+def _refuse_pickle(path: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or head == b"PK\x03\x04":
+        raise BadInput(
+            f"{path} is a pickle/torch.save file; dlpipe never unpickles files it is given.",
+            hint="Convert it to safetensors in a trusted environment, or use `dlpipe weights import`.",
+        )
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
+    """Load a checkpoint without unpickling anything; tensors land on `device`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta, header = _open(path)
+    try:
+        tensors = load_file(str(path), device=device)
+    except Exception as exc:
+        raise BadInput(
+            f"Checkpoint {path} could not be read ({exc}).", hint="It is truncated or corrupt."
+        ) from None
+    weights: dict[str, dict[str, Any]] = {g: {} for g in json.loads(header["dlpipe.groups"])}
+    for key, t in tensors.items():
+        group, _, name = key.partition("/")
+        if group in weights:
+            weights[group][name] = t
+    state = _unflatten(json.loads(header[_STATE_KEY]), tensors)
+    return Checkpoint(path=path, meta=meta, weights=weights, state=state)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, streamed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,178 @@
+"""What every command shares: option types (defined once), output (human vs --json), errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from ..errors import DlpipeError, NotImplementedYet
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# ---- option types shared by the commands (one definition, one help text) -------------------------
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print exactly one JSON object on stdout; human output goes to stderr."
+    ),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or chatter; errors still print.")
+]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Built-in set (mnist5k, fashion-mnist, digits) or a folder: class subfolders (ImageFolder) "
+        "for labels, or a flat folder of images.",
+    ),
+]
+DataRootOpt = Annotated[
+    Path | None,
+    typer.Option("--data-root", help="Where a built-in set's files are, if not the default place."),
+]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict", help="Fail on unreadable/corrupt files instead of skipping and listing them."
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda or cuda:N.")
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed for splits, initialisation and data order.")
+]
+DeterministicOpt = Annotated[
+    bool,
+    typer.Option(
+        "--deterministic", help="Bit-reproducible kernels (CPU runs repeat exactly; slower)."
+    ),
+]
+RunsDirOpt = Annotated[
+    Path, typer.Option("--runs-dir", help="Parent of the run folders: RUNS_DIR/<command>/<name>.")
+]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name", help="Run name; an existing one gets a numeric suffix unless --exist-ok."
+    ),
+]
+ExistOkOpt = Annotated[
+    bool, typer.Option("--exist-ok", help="Reuse the run folder --name if it exists.")
+]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training split.")]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Images per optimisation step.")
+]
+ValFractionOpt = Annotated[
+    float,
+    typer.Option(
+        "--val-fraction", min=0.0, max=0.9, help="Share of each class held out for validation."
+    ),
+]
+TestFractionOpt = Annotated[
+    float,
+    typer.Option(
+        "--test-fraction", min=0.0, max=0.9, help="Share of each class held out for the final test."
+    ),
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option("--limit", min=1, help="Use at most N training images (stratified subset)."),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the run named by --name (or the latest) from its last checkpoint.",
+    ),
+]
+
+
+class Output:
+    """Human output to stdout (stderr with --json), progress bars unless --quiet, one JSON result."""
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.console = Console(stderr=json_mode, quiet=quiet, highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """Human output (silenced by --quiet)."""
+        self.console.print(*args, **kwargs)
+
+    def warn(self, message: str) -> None:
+        """A warning on stderr, shown even with --quiet."""
+        self.err.print(f"[yellow]warning:[/] {message}")
+
+    @contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
+        """A rich progress bar; yields `advance(n=1, **fields)`. Disabled by --quiet."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        if self.quiet:
+            yield lambda n=1, **fields: None
+            return
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+        ]
+        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+            task = bar.add_task(description, total=total, info="")
+
+            def advance(n: int = 1, info: str | None = None) -> None:
+                bar.update(task, advance=n, **({"info": info} if info is not None else {}))
+
+            yield advance
+
+    def result(self, payload: dict[str, Any], human: str | None = None) -> None:
+        """The command's final word: one JSON object (--json) or a line saying where things went."""
+        if self.json_mode:
+            sys.stdout.write(json.dumps(payload, default=str) + "\n")
+            sys.stdout.flush()
+        elif human:
+            self.console.print(human)
+
+
+def command(func: F) -> F:
+    """Turn DlpipeError into one paragraph on stderr and its exit code; Ctrl-C into exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DlpipeError as exc:
+            Console(stderr=True, highlight=False).print(
+                f"[bold red]error:[/] {exc.paragraph()}", soft_wrap=True
+            )
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            Console(stderr=True).print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def not_implemented(name: str) -> None:
+    """Exit 2 with one line: the command exists in the tree but is not built yet."""
+    raise NotImplementedYet(f"`dlpipe {name}` is not implemented yet.")

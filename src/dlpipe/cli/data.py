@@ -1,0 +1,109 @@
+"""`dlpipe data list|export`: the built-in offline data sets."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import BadInput
+from .common import DataRootOpt, JsonOpt, Output, QuietOpt, command
+
+app = typer.Typer(
+    help="Built-in offline data sets: list them, export them as image folders.",
+    no_args_is_help=True,
+)
+
+
+@app.command("list")
+@command
+def list_sets(data_root: DataRootOpt = None, json: JsonOpt = False) -> None:
+    """Show each built-in set with its size, classes, image size and whether it is present here."""
+    from rich.table import Table
+
+    from ..data.builtin import BUILTINS
+
+    out = Output(json)
+    rows = []
+    for b in BUILTINS.values():
+        rows.append(
+            {
+                "name": b.name,
+                "description": b.description,
+                "images": b.size,
+                "image_size": b.image_size,
+                "classes": 10,
+                "present": b.present(data_root),
+                "source": b.source,
+            }
+        )
+    table = Table(title="Built-in data sets (use with --data NAME)")
+    for col in ("name", "images", "image size", "classes", "present", "source"):
+        table.add_column(col)
+    for r in rows:
+        present = "[green]yes[/]" if r["present"] else "[red]no[/]"
+        table.add_row(
+            r["name"], r["images"], r["image_size"], str(r["classes"]), present, r["source"]
+        )
+    out.print(table)
+    out.result({"datasets": rows})
+
+
+@app.command("export")
+@command
+def export_set(
+    name: Annotated[str, typer.Argument(help="Built-in set name (see `dlpipe data list`).")],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder to create: one subfolder of PNGs per class.")
+    ],
+    data_root: DataRootOpt = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Write at most N images (stratified).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace OUT_DIR if it already exists.")
+    ] = False,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a built-in set as an ImageFolder of PNGs (e.g. to look at it, or to start your own set)."""
+    import numpy as np
+
+    from ..data.builtin import BUILTINS
+    from ..data.sources import open_source
+    from ..data.splits import subsample
+
+    if name not in BUILTINS:
+        raise BadInput(
+            f"{name!r} is not a built-in data set.", hint=f"Choose one of: {', '.join(BUILTINS)}."
+        )
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise BadInput(
+            f"{out_dir} exists and is not empty.", hint="Choose a new folder or pass --force."
+        )
+    out = Output(json, quiet)
+    ds = open_source(name, data_root)
+    indices = subsample(ds.labels, np.arange(len(ds)), limit, seed=0)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Written into a temporary sibling and renamed at the end: an interrupted export leaves nothing.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for cls in ds.class_names:
+            (tmp / cls).mkdir()
+        with out.progress(f"export {name}", total=len(indices)) as advance:
+            for i in indices:
+                ds.image(i).save(tmp / ds.class_names[ds.labels[i]] / f"{i:06d}.png")
+                advance()
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    out.result(
+        {"out_dir": str(out_dir), "images": int(len(indices)), "classes": ds.class_names},
+        f"Wrote {len(indices)} images in {len(ds.class_names)} class folders to [bold]{out_dir}[/]",
+    )

@@ -1,0 +1,162 @@
+"""Run directories: `runs/<command>/<name>` with config, metrics CSV, log, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_text
+from .errors import BadInput
+
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+@dataclass
+class RunDir:
+    """Paths and writers of one run folder."""
+
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.txt"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, name: str = "last") -> Path:
+        """Path of a named checkpoint (`last`, `best`, ...)."""
+        return self.checkpoints / f"{name}.safetensors"
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        """Save the resolved configuration as YAML."""
+        import yaml
+
+        return write_text(self.config_path, yaml.safe_dump(_plain(config), sort_keys=False))
+
+    def read_config(self) -> dict[str, Any]:
+        """Read the saved configuration."""
+        import yaml
+
+        return yaml.safe_load(self.config_path.read_text()) or {}
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Add one row (one epoch) to metrics.csv, rewriting the file atomically."""
+        rows = self.read_metrics()
+        rows.append({k: _fmt(v) for k, v in row.items()})
+        columns: list[str] = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.metrics_path, buf.getvalue())
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        """Rows of metrics.csv as dicts of strings ([] when there is none)."""
+        if not self.metrics_path.exists():
+            return []
+        with open(self.metrics_path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def truncate_metrics(self, epochs_done: int) -> None:
+        """Keep only rows of epochs < epochs_done (used on resume after a crash)."""
+        rows = [r for r in self.read_metrics() if int(float(r.get("epoch", 0))) < epochs_done]
+        self.metrics_path.unlink(missing_ok=True)
+        for r in rows:
+            self.append_metrics(r)
+
+    def log(self, message: str) -> None:
+        """Append a timestamped line to log.txt."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Atomically write a JSON file inside the run folder."""
+        return write_text(self.path / name, json.dumps(_plain(data), indent=2) + "\n")
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def _plain(obj: Any) -> Any:
+    """Turn tuples, Paths and numpy scalars into YAML/JSON-friendly values."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    return obj
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def create_run_dir(
+    command: str,
+    name: str | None = None,
+    runs_dir: str | Path = DEFAULT_RUNS_DIR,
+    exist_ok: bool = False,
+) -> RunDir:
+    """Create `runs_dir/command/name`; without `exist_ok`, an existing name gets a numeric suffix."""
+    base = Path(runs_dir) / command
+    name = name or "exp"
+    if not _NAME_RE.match(name):
+        raise BadInput(
+            f"--name {name!r} is not a usable run name.",
+            hint="Use letters, digits, '.', '_' and '-' (no slashes or spaces).",
+        )
+    path = base / name
+    if not exist_ok:
+        n = 2
+        while path.exists():
+            path = base / f"{name}{n}"
+            n += 1
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+        (path / "checkpoints").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise BadInput(
+            f"Cannot create the run folder {path}: {exc.strerror}.",
+            hint="Choose a writable place with --runs-dir.",
+        ) from None
+    return RunDir(path)
+
+
+def latest_run(command: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> RunDir | None:
+    """The most recently modified run of a command, if any."""
+    base = Path(runs_dir) / command
+    runs = [p for p in base.glob("*") if p.is_dir()] if base.exists() else []
+    return RunDir(max(runs, key=lambda p: p.stat().st_mtime)) if runs else None
+
+
+def resolve_run(ref: str | Path) -> RunDir:
+    """A run folder given by path, failing clearly when it is not one."""
+    path = Path(ref)
+    if not path.is_dir() or not (path / "checkpoints").is_dir():
+        raise BadInput(
+            f"{path} is not a dlpipe run folder (expected {path}/checkpoints/).",
+            hint="Pass a folder under runs/<command>/, e.g. runs/finetune/exp.",
+        )
+    return RunDir(path)

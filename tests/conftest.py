@@ -1,0 +1,52 @@
+"""Shared fixtures: a CLI runner and small real image folders built on the fly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Every test runs in its own folder, so runs/ and exports/ never leak between tests."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def cli():
+    """Invoke the real Typer app; returns (exit_code, stdout, stderr)."""
+    from dlpipe.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return result
+
+    return invoke
+
+
+def parse_json(stdout: str) -> dict:
+    """The single JSON object a --json command prints."""
+    lines = [ln for ln in stdout.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one JSON line, got: {stdout!r}"
+    return json.loads(lines[0])
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A real ImageFolder: 3 classes x 6 images of distinct patterns (RGB, 16x16)."""
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["cat", "dog", "bird"]):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            arr = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+            arr[:, :, c] += 150
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root
