@@ -1,0 +1,1 @@
+"""ONNX export, metadata, parity validation and onnxruntime-only prediction."""

@@ -1,0 +1,1 @@
+"""Training loops, one module per task; each is a plain function (config, run_dir) -> result."""
