@@ -13,8 +13,13 @@ from typer.testing import CliRunner
 
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Every test runs in its own folder, so runs/ and exports/ never leak between tests."""
+    """Every test runs in its own folder with its own caches: runs/, exports/, feature caches and
+    weight caches never leak between tests or into the user's home, and no hub is ever asked."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DLPIPE_CACHE_DIR", str(tmp_path / ".cache" / "dlpipe"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / ".cache" / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / ".cache" / "huggingface"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture
