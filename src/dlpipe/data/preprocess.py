@@ -37,6 +37,30 @@ class Preprocess:
     channel_order: str = "RGB"
     value_range: str = "0-255 pixels -> [0,1] -> (x - mean) / std"
 
+    def __post_init__(self) -> None:
+        from ..errors import BadInput
+
+        if self.channels not in (1, 3):
+            raise BadInput(
+                f"Preprocess channels={self.channels}: only 1 (gray) or 3 (RGB) are supported."
+            )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, self.channels):
+                raise BadInput(
+                    f"Preprocess {name}={values} has {len(values)} values for {self.channels} channel(s).",
+                    hint="Give one value, or one per channel.",
+                )
+        if any(v == 0 for v in self.std):
+            raise BadInput(
+                f"Preprocess std={self.std} contains 0.", hint="std values must be non-zero."
+            )
+        if self.interpolation not in _INTERP:
+            raise BadInput(
+                f"Unknown interpolation {self.interpolation!r}.",
+                hint=f"Use one of: {', '.join(_INTERP)}.",
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (stored in checkpoints and ONNX metadata)."""
         return asdict(self)
