@@ -1,0 +1,226 @@
+"""`dlpipe validate`: onnxruntime against the PyTorch reference, per provider, strict and explained.
+
+Order (optimum's, but a failure FAILS): the provider really runs, I/O names, output shapes at every
+batch size (including sizes other than the export batch), then values and task agreement on real
+held-out inputs (through the stored preprocessing) and random ones, then latency beside torch eager.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInput
+from . import compare, files, metadata
+from .inputs import InputSet, build_inputs
+from .providers import parse_providers, session_for
+
+
+@dataclass
+class ValidateConfig:
+    """Options of `dlpipe validate` (also built by `export --validate` and the pipeline runner)."""
+
+    model: Path  # the .onnx file
+    against: str | None = None  # run folder or checkpoint; default: the source in the metadata
+    providers: str = "auto"  # auto (every provider that really runs here) or cpu,cuda,tensorrt
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 3, 8])  # include sizes != export's
+    inputs: str = "both"  # real (held-out data, deployed preprocessing), random, or both
+    n: int = 64  # inputs per set; 16-256 is sensible (more = slower, tighter p99)
+    atol: float | None = None  # override the dtype preset's absolute tolerance
+    rtol: float | None = None  # override the dtype preset's relative tolerance
+    latency_runs: int = 20  # timed runs per provider and batch size after 3 warm-ups (0: skip)
+    seed: int = 0  # seed of the random inputs and latent vectors
+    write_report: bool = True  # NAME.parity.json and NAME.parity.md beside the model
+
+
+def report_paths(model: Path) -> tuple[Path, Path]:
+    """NAME.parity.json and NAME.parity.md beside NAME.onnx (several models share exports/)."""
+    return model.with_suffix(".parity.json"), model.with_suffix(".parity.md")
+
+
+def _reference(meta: dict[str, Any], against: str | None) -> tuple[Any, Path, list[str]]:
+    """The PyTorch module the ONNX file must match, its checkpoint, and notes."""
+    from ..checkpoint import file_sha256, load_checkpoint
+    from .spec import build_exportable, resolve_checkpoint
+
+    source = against or (meta.get("source") or {}).get("checkpoint")
+    if not source:
+        raise BadInput(
+            "No checkpoint to compare against.", hint="Pass --against RUN_DIR|CHECKPOINT."
+        )
+    if not against and not Path(source).exists():
+        raise BadInput(
+            f"The checkpoint this model was exported from ({source}) is not there any more.",
+            hint="Pass --against RUN_DIR|CHECKPOINT.",
+        )
+    path = resolve_checkpoint(source)
+    notes = []
+    sha = (meta.get("source") or {}).get("sha256")
+    if sha and file_sha256(path) != sha:
+        notes.append(f"{path} is not the checkpoint the model was exported from (sha256 differs)")
+    ckpt = load_checkpoint(path)
+    pre = meta.get("preprocess") or {}
+    softmax = meta["output"]["kind"] == "probabilities"
+    model = build_exportable(ckpt, meta.get("part", "full"), bool(pre.get("in_graph")), softmax)
+    return (model, ckpt), path, notes
+
+
+def _encoder_of(ckpt: Any):  # noqa: ANN202 - decoder validation needs real latents
+    import torch
+
+    from .spec import build_exportable
+
+    enc = build_exportable(ckpt, "encoder")
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return enc(torch.from_numpy(x)).numpy().astype(np.float32)
+
+    return encode
+
+
+def _batches(x: np.ndarray, bs: int) -> list[np.ndarray]:
+    """Full batches of size bs; too few samples are repeated so every size is exercised."""
+    if len(x) < bs:
+        x = np.resize(x, (bs, *x.shape[1:]))
+    return [x[i : i + bs] for i in range(0, len(x) - bs + 1, bs)]
+
+
+def _static_batch(session: Any) -> int | None:
+    dim = session.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) else None
+
+
+def _compare_provider(
+    session: Any,
+    torch_model: Any,
+    meta: dict[str, Any],
+    sets: list[InputSet],
+    cfg: ValidateConfig,
+    tol: Any,
+) -> list[dict[str, Any]]:
+    """Names, shapes at each batch size, values and task agreement for one provider session."""
+    import torch
+
+    tag = session.get_providers()[0].replace("ExecutionProvider", "").lower()
+    want = (meta["input"]["name"], meta["output"]["name"])
+    have = (session.get_inputs()[0].name, session.get_outputs()[0].name)
+    rows = [
+        compare.check(
+            f"names {tag}",
+            want == have,
+            f"input {have[0]!r}, output {have[1]!r}",
+            f"Expected input {want[0]!r} and output {want[1]!r} (from the metadata): the graph was renamed or is another model.",
+        )
+    ]
+    if not rows[0]["ok"]:
+        return rows
+    static = _static_batch(session)
+    sizes = [static] if static else cfg.batch_sizes
+    for s in sets:
+        got_all, ref_all = [], []
+        for bs in sizes:
+            shapes_ok, shape_note = True, ""
+            for xb in _batches(s.x, bs):
+                got = session.run(None, {have[0]: xb})[0]
+                with torch.no_grad():
+                    ref = torch_model(torch.from_numpy(xb)).numpy()
+                if got.shape != ref.shape:
+                    shapes_ok, shape_note = False, f"onnx {got.shape} vs torch {ref.shape}"
+                    break
+                got_all.append(got.astype(np.float32))
+                ref_all.append(ref)
+            rows.append(
+                compare.check(
+                    f"shapes {tag} {s.name} batch {bs}",
+                    shapes_ok,
+                    shape_note or f"{tuple(ref.shape)} as torch",
+                    "The output shape differs at this batch size: a dimension was frozen at export "
+                    "(export with a batch >= 2 and --dynamic-batch).",
+                )
+            )
+            if not shapes_ok:
+                return rows
+        got_cat, ref_cat = np.concatenate(got_all), np.concatenate(ref_all)
+        labels = _labels_for(s, sizes)
+        rows += compare.value_checks(
+            f"{tag} {s.name}", got_cat, ref_cat, tol, meta["output"]["kind"], labels
+        )
+    return rows
+
+
+def _labels_for(s: InputSet, sizes: list[int]) -> np.ndarray | None:
+    """Labels lined up with the concatenated outputs of every batch size."""
+    if s.labels is None:
+        return None
+    parts = [lab for bs in sizes for lab in _batches(s.labels, bs)]
+    return np.concatenate(parts) if parts else None
+
+
+def validate(cfg: ValidateConfig) -> dict[str, Any]:
+    """Run every check; returns the report dict (report["passed"] decides the exit code)."""
+    from .latency import measure_latency
+
+    model_path = files.check_readable(cfg.model)
+    proto = files.open_model(model_path)
+    meta = metadata.from_proto(proto, model_path)
+    if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+        raise BadInput("--batch-sizes needs positive integers.", hint="e.g. --batch-sizes 1,3,8")
+    (torch_model, ckpt), ckpt_path, notes = _reference(meta, cfg.against)
+    shape = tuple(meta["input"]["shape"][1:])
+    encode = (
+        _encoder_of(ckpt)
+        if meta["input"]["kind"] == "latent" and meta["kind"] == "autoencoder"
+        else None
+    )
+    sets = build_inputs(meta, shape, cfg.inputs, cfg.n, cfg.seed, encode)
+    tol = compare.preset(meta.get("dtype", "fp32"), cfg.atol, cfg.rtol)
+    rows: list[dict[str, Any]] = []
+    providers, latency = [], []
+    for provider in parse_providers(cfg.providers):
+        session, result = session_for(model_path, provider)
+        providers.append(vars(result))
+        rows.append(
+            compare.check(
+                f"provider {result.name}",
+                result.ok,
+                "runs" if result.ok else result.reason,
+                result.reason,
+            )
+        )
+        if session is None:
+            continue
+        rows += _compare_provider(session, torch_model, meta, sets, cfg, tol)
+        if cfg.latency_runs:
+            latency += measure_latency(
+                session, torch_model, shape, cfg.batch_sizes, cfg.latency_runs
+            )
+    return {
+        "model": str(model_path),
+        "against": str(ckpt_path),
+        "kind": meta.get("kind"),
+        "part": meta.get("part"),
+        "dtype": meta.get("dtype", "fp32"),
+        "tolerance": compare.tolerance_dict(tol),
+        "inputs": [{"name": s.name, "n": len(s.x), "note": s.note} for s in sets],
+        "providers": providers,
+        "checks": rows,
+        "latency": latency,
+        "notes": notes,
+        "passed": bool(rows) and all(r["ok"] for r in rows),
+    }
+
+
+def validate_stage(cfg: ValidateConfig) -> dict[str, Any]:
+    """Validate and write NAME.parity.json/.md; the stage function the CLI and pipelines call."""
+    from .report import write_reports
+
+    report = validate(cfg)
+    if cfg.write_report:
+        json_path, md_path = report_paths(Path(cfg.model))
+        report["artifacts"] = {"parity_json": str(json_path), "parity_md": str(md_path)}
+        write_reports(report, json_path, md_path)
+    return report
