@@ -2,15 +2,209 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from .common import command, not_implemented
+from .common import (
+    BatchSizeOpt,
+    DataRootOpt,
+    DeterministicOpt,
+    DeviceOpt,
+    EpochsOpt,
+    ExistOkOpt,
+    JsonOpt,
+    LimitOpt,
+    NameOpt,
+    Output,
+    QuietOpt,
+    ResumeOpt,
+    RunsDirOpt,
+    SeedOpt,
+    StrictOpt,
+    TestFractionOpt,
+    ValFractionOpt,
+    command,
+)
+
+_O = typer.Option
 
 
 @command
-def finetune() -> None:
-    """Fine-tune a new head on a frozen pretrained backbone (not built yet)."""
-    not_implemented("finetune")
+def finetune(
+    ctx: typer.Context,
+    backbone: Annotated[
+        str,
+        _O(
+            "--backbone",
+            help="torchvision name (densenet121, resnet18, "
+            "mobilenet_v2, vit_b_16, ...), timm/<name>, or mnist_cnn[_bn].",
+        ),
+    ] = "mobilenet_v2",  # fmt: skip
+    data: Annotated[
+        str,
+        _O(
+            "--data",
+            "-d",
+            help="Built-in set (mnist5k, fashion-mnist, digits) or an ImageFolder directory.",
+        ),
+    ] = "mnist5k",  # fmt: skip
+    weights: Annotated[
+        str,
+        _O(
+            "--weights",
+            help="DEFAULT (offline first), a torchvision weights "
+            "name (IMAGENET1K_V1), none, or a .pth/.pt/.safetensors state dict.",
+        ),
+    ] = "DEFAULT",  # fmt: skip
+    image_size: Annotated[
+        int | None,
+        _O(
+            "--image-size",
+            min=8,
+            help="Resize inputs to SxS (no "
+            "crop), e.g. 64-96 for 28 px digits; default: the weights' own resize+crop.",
+        ),
+    ] = None,  # fmt: skip
+    head: Annotated[
+        str, _O("--head", help="linear or mlp (Linear-BatchNorm-ReLU-Dropout-Linear).")
+    ] = "linear",  # fmt: skip
+    hidden: Annotated[
+        int | None, _O("--hidden", min=1, help="Width of the mlp head (256).")
+    ] = None,
+    dropout: Annotated[
+        float, _O("--dropout", min=0.0, max=0.95, help="Dropout in the head.")
+    ] = 0.0,
+    freeze: Annotated[
+        bool, _O("--freeze/--no-freeze", help="Freeze the backbone, BatchNorm statistics included.")
+    ] = True,  # fmt: skip
+    train_bn: Annotated[
+        bool, _O("--train-bn", help="With --freeze: let BatchNorm layers train.")
+    ] = False,  # fmt: skip
+    unfreeze_after: Annotated[
+        int | None, _O("--unfreeze-after", min=0, help="Unfreeze the backbone after K epochs.")
+    ] = None,  # fmt: skip
+    backbone_lr_mult: Annotated[
+        float | None,
+        _O(
+            "--backbone-lr-mult",
+            min=0.0,
+            help="Backbone lr = lr x this (default 0.1 pretrained, 1 from scratch).",
+        ),
+    ] = None,  # fmt: skip
+    augment: Annotated[
+        bool, _O("--augment", help="Random resized crops (slow path: no feature cache).")
+    ] = False,  # fmt: skip
+    hflip: Annotated[bool, _O("--hflip", help="With --augment: random horizontal flips.")] = False,
+    optimizer: Annotated[
+        str, _O("--optimizer", help="sgd, momentum, nesterov, adam, adamw or lbfgs.")
+    ] = "adamw",  # fmt: skip
+    lr: Annotated[float, _O("--lr", min=0.0, help="Learning rate of the head.")] = 1e-3,
+    weight_decay: Annotated[float, _O("--weight-decay", min=0.0, help="Weight decay.")] = 1e-4,
+    scheduler: Annotated[str, _O("--scheduler", help="none, cosine, step or onecycle.")] = "cosine",
+    warmup_epochs: Annotated[float, _O("--warmup-epochs", min=0.0, help="Linear lr warmup.")] = 0.0,
+    label_smoothing: Annotated[
+        float, _O("--label-smoothing", min=0.0, max=0.5, help="Label smoothing.")
+    ] = 0.0,  # fmt: skip
+    patience: Annotated[
+        int | None,
+        _O("--patience", min=1, help="Stop after N epochs without validation-loss improvement."),
+    ] = None,  # fmt: skip
+    eval_limit: Annotated[
+        int | None,
+        _O("--eval-limit", min=1, help="At most N validation and N test images (stratified)."),
+    ] = None,  # fmt: skip
+    list_backbones: Annotated[
+        str | None,
+        _O(
+            "--list-backbones",
+            is_flag=False,
+            flag_value="",
+            help="List backbones (matching PATTERN, e.g. 'timm/resnet*') and exit.",
+        ),
+    ] = None,  # fmt: skip
+    epochs: EpochsOpt = 10,
+    batch_size: BatchSizeOpt = 64,
+    val_fraction: ValFractionOpt = 0.1,
+    test_fraction: TestFractionOpt = 0.1,
+    limit: LimitOpt = None,
+    data_root: DataRootOpt = None,
+    strict: StrictOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    deterministic: DeterministicOpt = False,
+    runs_dir: RunsDirOpt = Path("runs"),
+    name: NameOpt = None,
+    exist_ok: ExistOkOpt = False,
+    resume: ResumeOpt = False,
+    stop_after: Annotated[int | None, _O("--stop-after", min=1, hidden=True)] = None,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune a new head on a frozen pretrained backbone (any torchvision or timm model).
+
+    The backbone is frozen with its BatchNorm statistics, its features are computed once and
+    cached, and the head trains on them in milliseconds per epoch. --unfreeze-after K then trains
+    the whole network with a smaller backbone learning rate. Writes runs/finetune/<name>/ with
+    best/last checkpoints, metrics.csv, curves.png and confusion.png, and reports the held-out
+    accuracy. Example: dlpipe finetune --backbone mobilenet_v2 --data mnist5k --image-size 96
+    """
+    out = Output(json, quiet)
+    if list_backbones is not None:
+        _list(out, list_backbones)
+        return
+    from ..train.classifier import FinetuneConfig, run_finetune
+
+    values = {k: v for k, v in ctx.params.items() if k in FinetuneConfig.__dataclass_fields__}
+    values["data_root"] = str(data_root) if data_root else None
+    run, cfg = _run_and_config(ctx, values, runs_dir, name, exist_ok, resume)
+    result = run_finetune(cfg, run, out, resume=resume)
+    out.result(result, f"held-out accuracy {result['metrics'].get('held_out_acc', float('nan')):.4f}; "
+               f"run folder {result['run_dir']}")  # fmt: skip
+
+
+def _run_and_config(ctx: typer.Context, values: dict, runs_dir, name, exist_ok, resume):  # noqa: ANN001, ANN202
+    """A fresh run folder, or on --resume the old one with its saved options (explicit flags win)."""
+    from click.core import ParameterSource
+
+    from ..errors import BadInput
+    from ..runs import RunDir, create_run_dir, latest_run
+    from ..train.classifier import FinetuneConfig
+
+    if not resume:
+        return create_run_dir("finetune", name, runs_dir, exist_ok), FinetuneConfig.from_dict(
+            values
+        )
+    run = RunDir(runs_dir / "finetune" / name) if name else latest_run("finetune", runs_dir)
+    if run is None or not run.config_path.exists():
+        raise BadInput(
+            f"--resume: no finetune run {'named ' + name if name else ''} under {runs_dir}.",
+            hint="Pass --name of an existing run (see runs/finetune/), or drop --resume.",
+        )
+    saved = run.read_config()
+    for key, value in values.items():
+        if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
+            saved[key] = value
+    return run, FinetuneConfig.from_dict(saved)
+
+
+def _list(out: Output, pattern: str) -> None:
+    from rich.table import Table
+
+    from ..models.backbones import list_backbones
+
+    rows = list_backbones(pattern or None)
+    table = Table(title=f"Backbones{' matching ' + pattern if pattern else ''}")
+    for col in ("name", "family", "features", "pretrained offline"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["family"], str(r["feature_size"] or "?"),
+                      "[green]yes[/]" if r["pretrained_offline"] else "no")  # fmt: skip
+    out.print(table)
+    if not pattern:
+        out.print("timm models: add a pattern, e.g. --list-backbones 'timm/resnet*'.")
+    out.result({"backbones": rows})
 
 
 def register(app: typer.Typer) -> None:

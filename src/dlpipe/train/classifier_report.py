@@ -1,0 +1,111 @@
+"""The end of a fine-tune run: best weights on the held-out split, plots, summary, result dict."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..checkpoint import load_checkpoint
+from ..plots import plot_confusion, plot_curves
+from .classifier_loop import evaluate
+from .classifier_session import Session
+
+
+def confusion(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """k x k counts, rows true class, columns predicted."""
+    m = np.zeros((k, k), dtype=np.int64)
+    np.add.at(m, (true, pred), 1)
+    return m
+
+
+def held_out(s: Session) -> dict[str, Any]:
+    """Evaluate the best checkpoint on the test split (val when there is no test split)."""
+    best = s.run.checkpoint("best")
+    if best.exists():
+        s.model.load_state_dict(load_checkpoint(best, str(s.device)).weights["model"])
+    s.model.eval()
+    split = "test" if len(s.data.test) else "val"
+    frozen = s.cfg.freeze and s.stage == "frozen"
+    src, fwd = s.source(split, frozen)
+    res, pred = evaluate(fwd, src, nn.CrossEntropyLoss())
+    true = src.labels.cpu().numpy()
+    names = s.data.ds.class_names
+    cm = confusion(true, pred, len(names))
+    per_class = {n: float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None
+                 for i, n in enumerate(names)}  # fmt: skip
+    return {"split": split, "n": len(true), "acc": res["acc"], "loss": res["loss"],
+            "per_class": per_class, "confusion": cm}  # fmt: skip
+
+
+def finish(s: Session) -> dict[str, Any]:
+    """Held-out metrics, PNGs, final checkpoints, summary; returns the command's result dict."""
+    ho = held_out(s)
+    rows = s.run.read_metrics()
+    curves = plot_curves(rows, {"loss": ["train_loss", "val_loss"],
+                                "accuracy": ["train_acc", "val_acc"]},
+                         s.run.path / "curves.png")  # fmt: skip
+    cm_png = plot_confusion(ho["confusion"], s.data.ds.class_names, s.run.path / "confusion.png")
+    metrics = {
+        "held_out_acc": ho["acc"], "test_acc": ho["acc"], "test_loss": ho["loss"],
+        "held_out_split": ho["split"], "held_out_size": ho["n"],
+        "best_val_acc": s.best["acc"], "best_epoch": s.best["epoch"], "epochs_run": s.epoch,
+        "stage": s.stage, "stopped": s.stopped, "feature_cache": s.cache_how,
+        "per_class_acc": ho["per_class"], "seconds": round(time.perf_counter() - s.started, 2),
+    }  # fmt: skip
+    last = rows[-1] if rows else {}
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        if key in last:
+            metrics[f"last_{key}"] = float(last[key])
+    s.run.write_json("metrics.json", {**metrics, "confusion": ho["confusion"].tolist()})
+    for name in ("best", "last"):  # the final metrics travel with the weights
+        if s.run.checkpoint(name).exists():
+            _rewrite_metrics(s, name, metrics)
+    artifacts = {
+        "best": str(s.run.checkpoint("best")), "last": str(s.run.checkpoint("last")),
+        "metrics_csv": str(s.run.metrics_path), "curves": str(curves),
+        "confusion": str(cm_png), "metrics_json": str(s.run.path / "metrics.json"),
+    }  # fmt: skip
+    summary(s, metrics, artifacts)
+    return {"run_dir": str(s.run.path), "artifacts": artifacts, "metrics": metrics,
+            "backbone": s.info, "weights": s.weights}  # fmt: skip
+
+
+def _rewrite_metrics(s: Session, name: str, metrics: dict[str, Any]) -> None:
+    """Re-save a checkpoint with meta['metrics'] filled in (state and weights unchanged)."""
+    from ..checkpoint import save_checkpoint
+
+    ck = load_checkpoint(s.run.checkpoint(name))
+    ck.meta["metrics"] = metrics
+    save_checkpoint(ck.path, ck.weights, ck.meta, ck.state)
+
+
+def summary(s: Session, metrics: dict[str, Any], artifacts: dict[str, str]) -> None:
+    """One screen: what was trained on what, how well, and where everything went."""
+    from rich.table import Table
+
+    d, w = s.data, s.weights
+    t = Table(title=f"finetune {s.info['backbone']} on {s.cfg.data}", show_header=False)
+    t.add_row("backbone", f"{s.info['backbone']} ({s.info['family']}), {s.info['feature_size']} "
+              f"features, replaced '{s.info['replaced']}'")  # fmt: skip
+    wtxt = f"{w.get('source')} {w.get('name') or ''} {w.get('file') or ''}".strip()
+    t.add_row("weights", wtxt + (f" ({w['note']})" if w.get("note") else ""))
+    t.add_row("data", f"train {len(d.train)}, val {len(d.val)}, test {len(d.test)}; "
+              f"{len(d.ds.class_names)} classes")  # fmt: skip
+    pre = s.preprocess
+    t.add_row("input", f"resize {pre.resize} crop {pre.crop} -> {pre.channels}x{pre.output_size}"
+              f" ({pre.interpolation})")  # fmt: skip
+    t.add_row("training", f"{metrics['epochs_run']} epochs, stage {s.stage}, features "
+              f"{metrics['feature_cache']}, {metrics['seconds']} s")  # fmt: skip
+    t.add_row("best val acc", f"{metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']})")
+    t.add_row(f"held-out acc ({metrics['held_out_split']}, n={metrics['held_out_size']})",
+              f"[bold]{metrics['held_out_acc']:.4f}[/]")  # fmt: skip
+    worst = sorted((v, k) for k, v in metrics["per_class_acc"].items() if v is not None)[:3]
+    t.add_row("weakest classes", ", ".join(f"{k} {v:.3f}" for v, k in worst))
+    s.out.print(t)
+    s.run.log(f"held-out acc {metrics['held_out_acc']:.4f}")
+    s.out.print(f"run folder: {s.run.path} (checkpoints/best|last.safetensors, "
+                f"{', '.join(Path(p).name for k, p in artifacts.items() if k not in ('best', 'last'))})")  # fmt: skip

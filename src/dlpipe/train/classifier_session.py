@@ -1,0 +1,243 @@
+"""One fine-tune run's state: data, model, optimizer, stage; set up fresh or from a checkpoint."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import load_checkpoint
+from ..data import Preprocess, make_split, open_source
+from ..data.arrays import pixels_of
+from ..data.sources import ImageDataset
+from ..data.splits import subsample
+from ..errors import BadInput
+from ..models.backbones import arch_meta, build_classifier, parse_backbone, preprocess_for
+from ..runs import RunDir
+from ..runtime import resolve_device, seed_everything, set_rng_state
+from . import features as fcache
+from .classifier import FinetuneConfig
+from .classifier_loop import (
+    Source,
+    set_frozen,
+)
+from .optim import check_combination, make_optimizer, trainable
+
+
+@dataclass
+class Data:
+    """The opened source and index arrays of each split."""
+
+    ds: ImageDataset
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    @classmethod
+    def open(cls, cfg: FinetuneConfig) -> Data:
+        ds = open_source(cfg.data, cfg.data_root, cfg.strict)
+        ds.require_classes(2)
+        split = make_split(ds.labels, cfg.val_fraction, cfg.test_fraction, cfg.seed,
+                           ds.official_test)  # fmt: skip
+        pick = lambda idx, n: subsample(ds.labels, idx, n, cfg.seed)  # noqa: E731
+        return cls(ds, pick(split.train, cfg.limit), pick(split.val, cfg.eval_limit),
+                   pick(split.test, cfg.eval_limit))  # fmt: skip
+
+
+@dataclass
+class Session:
+    """Everything a run needs between epochs."""
+
+    cfg: FinetuneConfig
+    run: RunDir
+    out: Any
+    data: Data
+    model: nn.Module
+    info: dict[str, Any]
+    preprocess: Preprocess
+    weights: dict[str, Any]
+    device: torch.device
+    optimizer: torch.optim.Optimizer | None = None
+    epoch: int = 0  # epochs completed
+    stage: str = "frozen"
+    global_step: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"acc": -1.0, "loss": math.inf,
+                                                           "epoch": 0, "bad": 0})  # fmt: skip
+    stopped: str | None = None
+    cache_how: str = "-"
+    _pixels: dict[str, Source] = field(default_factory=dict)
+    _feats: dict[str, Source] = field(default_factory=dict)
+    _body_hash: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    # ---- setup ------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, cfg: FinetuneConfig, run: RunDir, out: Any, resume: bool) -> Session:
+        """Validate options, open data, build the model (fresh or from last.safetensors)."""
+        staged = cfg.freeze and cfg.unfreeze_after is not None
+        check_combination(cfg.optimizer, cfg.scheduler, cfg.warmup_epochs, staged)
+        if cfg.unfreeze_after is not None and not cfg.freeze:
+            raise BadInput("--unfreeze-after needs a frozen start.", hint="Drop --no-freeze.")
+        spec = parse_backbone(cfg.backbone)  # unknown names fail before data is read
+        device = resolve_device(cfg.device)
+        seed_everything(cfg.seed, cfg.deterministic)
+        data = Data.open(cfg)
+        ckpt = load_checkpoint(run.checkpoint("last")) if resume else None
+        if resume and not run.checkpoint("last").exists():
+            raise BadInput(f"Nothing to resume in {run.path}.", hint="Start it without --resume.")
+        in_chans = data.ds.channels if spec.family == "native" else 3
+        weights = _resolve_weights(spec, cfg) if ckpt is None else None
+        model, info = build_classifier(
+            cfg.backbone, len(data.ds.class_names), cfg.head, cfg.hidden, cfg.dropout, in_chans,
+            cfg.image_size, weights,
+        )  # fmt: skip
+        if ckpt is not None:
+            _check_resume(ckpt.meta, model, info, data.ds, cfg)
+            pre = Preprocess.from_dict(ckpt.meta["preprocess"])
+            wdesc = ckpt.meta.get("weights", {})
+        else:
+            pre = preprocess_for(model, cfg.backbone, weights, in_chans, cfg.image_size)
+            wdesc = weights.describe() if weights else {"spec": cfg.weights, "source": "none"}
+        info["in_chans"] = in_chans
+        s = cls(cfg, run, out, data, model.to(device), info, pre, wdesc, device)
+        s._check_input_size()
+        s._setup_optimizer()
+        if ckpt is not None:
+            s._restore(ckpt)
+        return s
+
+    def _check_input_size(self) -> None:
+        size = self.preprocess.output_size or self.data.ds.image_size()[0]
+        x = torch.zeros(2, self.info["in_chans"], size, size, device=self.device)
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                self.model(x)
+        except RuntimeError as exc:
+            raise BadInput(
+                f"{self.cfg.backbone} cannot take {size}x{size} inputs "
+                f"({str(exc).splitlines()[0][:160]}).",
+                hint="Use a larger --image-size (224 always works for ImageNet models).",
+            ) from None
+
+    def frozen_at(self, epoch: int) -> bool:
+        """Is the backbone frozen during `epoch` (0-based)?"""
+        c = self.cfg
+        return c.freeze and (c.unfreeze_after is None or epoch < c.unfreeze_after)
+
+    def _setup_optimizer(self) -> None:
+        set_frozen(self.model, self.frozen_at(self.epoch), self.cfg.train_bn)
+        head, body = trainable(self.model.head), trainable(self.model.body)
+        c = self.cfg
+        groups = [{"params": head, "lr": c.lr, "name": "head"},
+                  {"params": body, "lr": c.lr * c.body_lr_mult, "name": "backbone"}]  # fmt: skip
+        if c.optimizer == "lbfgs":
+            groups = [{"params": head + body, "lr": c.lr, "name": "all"}]
+        self.optimizer = make_optimizer(c.optimizer, groups, c.weight_decay)
+        self.base_lrs = [g["lr"] for g in groups]
+
+    def unfreeze(self) -> None:
+        """Stage 2: the backbone trains too, in the group that existed from the start."""
+        set_frozen(self.model, False)
+        assert self.optimizer is not None
+        self.optimizer.param_groups[1]["params"] = trainable(self.model.body)
+        self.stage = "unfrozen"
+        self.run.log(f"epoch {self.epoch + 1}: backbone unfrozen (lr x{self.cfg.body_lr_mult})")
+
+    def _restore(self, ckpt: Any) -> None:
+        self.model.load_state_dict(ckpt.weights["model"])
+        st = ckpt.state
+        self.epoch, self.global_step = int(st["epoch"]), int(st["global_step"])
+        self.best = dict(st["best"])
+        if st["stage"] == "unfrozen":
+            self.unfreeze()
+        assert self.optimizer is not None
+        self.optimizer.load_state_dict(st["optimizer"])
+        set_rng_state(st["rng"])
+        self.run.truncate_metrics(self.epoch)
+        self.run.log(f"resumed at epoch {self.epoch} (stage {self.stage})")
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def body_hash(self) -> str:
+        """Hash of the exact (frozen) backbone weights: the feature cache's key."""
+        if self._body_hash is None:
+            self._body_hash = fcache.module_hash(self.model.body)
+        return self._body_hash
+
+    def feature_source(self, split: str) -> Source:
+        """Cached backbone features of a split (computed once, then from memory/disk)."""
+        if split not in self._feats:
+            idx = getattr(self.data, split)
+            with self.out.progress(f"backbone features ({split}, once)", len(idx)) as advance:
+                feats, labels, how = fcache.cached_features(
+                    self.model.body, self.body_hash(), self.data.ds, idx, self.preprocess, split,
+                    self.device, advance, self.cfg.feature_batch_size,
+                )  # fmt: skip
+            if split == "train":
+                self.cache_how = how
+            self._feats[split] = Source(labels, features=feats.to(self.device))
+        return self._feats[split]
+
+    def pixel_source(self, split: str) -> Source:
+        """uint8 pixels of a split (decoded once), normalized per batch by Preprocess."""
+        if split not in self._pixels:
+            idx = getattr(self.data, split)
+            with self.out.progress(f"decode {split}", len(idx)) as advance:
+                px = pixels_of(self.data.ds, idx, self.preprocess, advance)
+            labels = torch.from_numpy(self.data.ds.labels[idx].copy())
+            aug = self.cfg.augment and split == "train"
+            self._pixels[split] = Source(labels, pixels=px, preprocess=self.preprocess,
+                                         augment=aug, hflip=self.cfg.hflip,
+                                         device=self.device)  # fmt: skip
+        return self._pixels[split]
+
+    def source(self, split: str, frozen: bool) -> tuple[Source, nn.Module]:
+        """(inputs, module to run on them) for the current stage."""
+        if self.cfg.cacheable(frozen):
+            return self.feature_source(split), self.model.head
+        return self.pixel_source(split), self.model
+
+
+def _resolve_weights(spec: Any, cfg: FinetuneConfig) -> Any:
+    """Pretrained weights for the backbone family (offline first); None for native models."""
+    from ..weights import Resolved, from_path, resolve_timm, resolve_torchvision
+
+    if spec.family == "torchvision":
+        return resolve_torchvision(spec.arch, cfg.weights)
+    if spec.family == "timm":
+        from ..compat import import_timm
+
+        pcfg = import_timm().models.get_pretrained_cfg(spec.arch)
+        return resolve_timm(spec.arch, pcfg.to_dict() if pcfg else {}, cfg.weights)
+    if cfg.weights.lower() in ("none", "default"):
+        return Resolved(cfg.weights, "none")
+    return from_path(cfg.weights)
+
+
+def _check_resume(meta: dict[str, Any], model: nn.Module, info: dict[str, Any],
+                  ds: ImageDataset, cfg: FinetuneConfig) -> None:  # fmt: skip
+    """The checkpoint must fit the model this command line builds."""
+    saved = meta.get("arch", {})
+    now = arch_meta(cfg.backbone, len(ds.class_names), cfg.head, cfg.hidden, cfg.dropout,
+                    info.get("in_chans", saved.get("in_chans", 3)), cfg.image_size)  # fmt: skip
+    keys = ("backbone", "num_classes", "head", "hidden")
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in keys
+             if saved.get(k) != now[k]]  # fmt: skip
+    if diffs:
+        raise BadInput(
+            "--resume: the checkpoint's model does not match this command ("
+            + "; ".join(diffs)
+            + ").",
+            hint="Resume with the original options (they are in the run's config.yaml), or start "
+            "a new run with a new --name.",
+        )
+    if meta.get("data", {}).get("fingerprint") != ds.fingerprint:
+        raise BadInput(
+            f"--resume: the data {cfg.data} changed since the run started (fingerprint differs).",
+            hint="Resume on the same data, or start a new run.",
+        )

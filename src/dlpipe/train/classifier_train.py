@@ -1,0 +1,158 @@
+"""The epoch loop of a fine-tune run: stages, checkpoints, early stopping, NaN guard."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from torch import nn
+
+from ..checkpoint import save_checkpoint
+from ..errors import BadInput
+from ..runtime import rng_state
+from .classifier_loop import NanLoss, StepPlan, evaluate, train_epoch, train_mode
+from .classifier_session import Session
+from .optim import trainable
+
+
+def meta_of(s: Session, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint description (see the checkpoint contract in dlpipe.models)."""
+    from ..models.backbones import arch_meta
+
+    c, ds = s.cfg, s.data.ds
+    return {
+        "command": "finetune",
+        "kind": "classifier",
+        "export_group": "model",
+        "arch": arch_meta(
+            c.backbone,
+            len(ds.class_names),
+            c.head,
+            c.hidden,
+            c.dropout,
+            s.info["in_chans"],
+            c.image_size,
+        ),  # fmt: skip
+        "preprocess": s.preprocess.to_dict(),
+        "class_names": list(ds.class_names),
+        "io": {"input": "image", "output": "logits"},
+        "data": {
+            "source": c.data,
+            "data_root": c.data_root,
+            "fingerprint": ds.fingerprint,
+            "seed": c.seed,
+            "val_fraction": c.val_fraction,
+            "test_fraction": c.test_fraction,
+            "limit": c.limit,
+            "eval_limit": c.eval_limit,
+        },  # fmt: skip
+        "weights": s.weights,
+        "backbone_info": s.info,
+        "metrics": metrics or {},
+    }
+
+
+def save(s: Session, name: str, metrics: dict[str, Any] | None = None) -> None:
+    """Write checkpoints/<name>.safetensors: weights, description and the exact training state."""
+    assert s.optimizer is not None
+    state = {
+        "epoch": s.epoch,
+        "stage": s.stage,
+        "global_step": s.global_step,
+        "optimizer": s.optimizer.state_dict(),
+        "rng": rng_state(),
+        "best": s.best,
+    }
+    save_checkpoint(s.run.checkpoint(name), {"model": s.model.state_dict()}, meta_of(s, metrics),
+                    state)  # fmt: skip
+
+
+def train_all(s: Session) -> None:
+    """Run the remaining epochs; stop early on patience, fail clearly on a non-finite loss."""
+    c = s.cfg
+    steps_per_epoch = math.ceil(len(s.data.train) / c.batch_size)
+    total = steps_per_epoch * c.epochs
+    warmup = int(round(c.warmup_epochs * steps_per_epoch))
+    ce = nn.CrossEntropyLoss()
+    train_loss = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+    ran = 0
+    while s.epoch < c.epochs and s.stopped is None:
+        if c.stop_after is not None and ran >= c.stop_after:
+            return
+        frozen = s.frozen_at(s.epoch)
+        if not frozen and s.stage == "frozen" and c.freeze:
+            s.unfreeze()
+        src, fwd = s.source("train", frozen)
+        plan = StepPlan(s.epoch, s.global_step, total, warmup, c.scheduler, s.base_lrs, c.seed,
+                        c.batch_size, c.optimizer == "lbfgs")  # fmt: skip
+        params = (lambda f=fwd: trainable(f)) if fwd is s.model.head else (
+            lambda: trainable(s.model))  # fmt: skip
+        t0 = time.perf_counter()
+        train_mode(s.model, frozen, c.train_bn)
+        try:
+            row = _one_epoch(s, fwd, params, src, ce, train_loss, plan, frozen)
+        except NanLoss as exc:
+            _nan_failure(s, exc)
+        row["seconds"] = time.perf_counter() - t0
+        s.epoch += 1
+        s.global_step += steps_per_epoch
+        ran += 1
+        _end_epoch(s, row)
+
+
+def _one_epoch(s: Session, fwd: Any, params: Any, src: Any, ce: nn.Module, loss: nn.Module,
+               plan: StepPlan, frozen: bool) -> dict[str, Any]:  # fmt: skip
+    slow = fwd is s.model
+    if slow:  # a bar with running loss/accuracy; cached-feature epochs take milliseconds
+        steps = math.ceil(len(src) / s.cfg.batch_size)
+        with s.out.progress(f"epoch {s.epoch + 1}/{s.cfg.epochs}", steps) as advance:
+            tr = train_epoch(fwd, params, src, s.optimizer, loss, plan, advance)
+    else:
+        tr = train_epoch(fwd, params, src, s.optimizer, loss, plan)
+    s.model.eval()
+    val_src, val_fwd = s.source("val" if len(s.data.val) else "train", frozen)
+    val, _ = evaluate(val_fwd, val_src, ce)
+    return {"epoch": s.epoch + 1, "stage": "frozen" if frozen else "unfrozen",
+            "path": "slow" if slow else "cached-features", **tr,
+            "val_loss": val["loss"], "val_acc": val["acc"],
+            "lr": s.optimizer.param_groups[0]["lr"]}  # fmt: skip
+
+
+def _end_epoch(s: Session, row: dict[str, Any]) -> None:
+    """Metrics row, best/last checkpoints, early-stopping bookkeeping, one console line."""
+    c, best = s.cfg, s.best
+    s.run.append_metrics(row)
+    improved_acc = row["val_acc"] > best["acc"]
+    if row["val_loss"] < best["loss"] - 1e-4:
+        best["loss"], best["bad"] = row["val_loss"], 0
+    else:
+        best["bad"] += 1
+    if improved_acc:
+        best["acc"], best["epoch"] = row["val_acc"], row["epoch"]
+    if c.patience is not None and best["bad"] >= c.patience:
+        s.stopped = f"early stop: val loss did not improve for {c.patience} epochs"
+    save(s, "last")
+    if improved_acc:
+        save(s, "best")
+    s.out.print(
+        f"epoch {row['epoch']}/{c.epochs} ({row['stage']}, {row['path']}) "
+        f"loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | val loss "
+        f"{row['val_loss']:.4f} acc {row['val_acc']:.4f} | {row['seconds'] * 1000:.0f} ms"
+    )
+    s.run.log(f"epoch {row['epoch']}: {row}")
+    if s.stopped:
+        s.out.print(s.stopped)
+        s.run.log(s.stopped)
+
+
+def _nan_failure(s: Session, exc: NanLoss) -> None:
+    last = s.run.checkpoint("last")
+    kept = f"the last good checkpoint {last} (epoch {s.epoch}) is kept" if last.exists() else (
+        "no epoch had finished, so there is no checkpoint")  # fmt: skip
+    s.run.log(f"non-finite loss at epoch {exc.epoch}, step {exc.step}")
+    raise BadInput(
+        f"The loss became NaN/inf at epoch {exc.epoch}, step {exc.step}; training stopped and "
+        f"{kept}.",
+        hint="Lower --lr (or add --warmup-epochs), check the data, or use --optimizer adamw.",
+    )
