@@ -83,6 +83,7 @@ def error_stats(got: np.ndarray, ref: np.ndarray, tol: Tolerance) -> dict[str, A
         "worst_index": [int(i) for i in worst],
         "worst_values": [float(got64[worst]), float(ref64[worst])] if diff.size else [],
         "elements": int(diff.size),
+        "non_finite": int(np.sum(~np.isfinite(got64))),
     }
     if tol.atol is not None:
         stats["outside_tolerance"] = int(np.sum(diff > tol.atol + tol.rtol * np.abs(ref64)))
@@ -112,6 +113,12 @@ _VALUE_HINT = (
 )
 
 
+_OVERFLOW_HINT = (
+    "{n} ONNX output values are inf/NaN while torch's are finite: an overflow (float16 tops out "
+    "at 65504) or a numerically unstable op. "
+)
+
+
 def value_checks(
     tag: str,
     got: np.ndarray,
@@ -129,7 +136,8 @@ def value_checks(
             f"max {stats['max_abs']:.3g} mean {stats['mean_abs']:.3g} p99 {stats['p99_abs']:.3g} "
             f"rel {stats['max_rel']:.3g}; {bad}/{stats['elements']} outside atol {tol.atol:g} + rtol {tol.rtol:g}"
         )
-        explain = (
+        explain = _OVERFLOW_HINT.format(n=stats["non_finite"]) if stats["non_finite"] else ""
+        explain += (
             f"Largest difference {stats['max_abs']:.4g} at output index {stats['worst_index']} "
             f"(onnx {stats['worst_values'][0]:.6g} vs torch {stats['worst_values'][1]:.6g}). "
             + _VALUE_HINT
