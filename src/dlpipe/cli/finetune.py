@@ -166,8 +166,6 @@ def finetune(
 
 def _run_and_config(ctx: typer.Context, values: dict, runs_dir, name, exist_ok, resume):  # noqa: ANN001, ANN202
     """A fresh run folder, or on --resume the old one with its saved options (explicit flags win)."""
-    from click.core import ParameterSource
-
     from ..errors import BadInput
     from ..runs import RunDir, create_run_dir, latest_run
     from ..train.classifier import FinetuneConfig
@@ -183,8 +181,10 @@ def _run_and_config(ctx: typer.Context, values: dict, runs_dir, name, exist_ok, 
             hint="Pass --name of an existing run (see runs/finetune/), or drop --resume.",
         )
     saved = run.read_config()
+    saved["stop_after"] = None  # an interruption is not an option to keep
     for key, value in values.items():
-        if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE:
+        source = ctx.get_parameter_source(key)  # typer may vendor click: compare by name
+        if getattr(source, "name", "") == "COMMANDLINE":
             saved[key] = value
     return run, FinetuneConfig.from_dict(saved)
 

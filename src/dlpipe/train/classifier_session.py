@@ -157,9 +157,15 @@ class Session:
         if st["stage"] == "unfrozen":
             self.unfreeze()
         assert self.optimizer is not None
+        if st.get("optimizer_name", self.cfg.optimizer) != self.cfg.optimizer:
+            raise BadInput(
+                f"--resume: the run used --optimizer {st['optimizer_name']}, not "
+                f"{self.cfg.optimizer}; its optimizer state cannot carry over.",
+                hint="Resume with the original optimizer, or start a new run.",
+            )
         self.optimizer.load_state_dict(st["optimizer"])
         set_rng_state(st["rng"])
-        self.run.truncate_metrics(self.epoch)
+        self.run.truncate_metrics(self.epoch + 1)  # rows are numbered from 1
         self.run.log(f"resumed at epoch {self.epoch} (stage {self.stage})")
 
     # ---- inputs ------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ def save(s: Session, name: str, metrics: dict[str, Any] | None = None) -> None:
         "stage": s.stage,
         "global_step": s.global_step,
         "optimizer": s.optimizer.state_dict(),
+        "optimizer_name": s.cfg.optimizer,
         "rng": rng_state(),
         "best": s.best,
     }
