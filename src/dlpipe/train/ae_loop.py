@@ -1,0 +1,164 @@
+"""The autoencoder step, epoch loop, checkpoints and final held-out metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..errors import CheckFailed
+from ..models.autoencoder import AutoEncoder, build_autoencoder
+from ..plots import plot_curves
+from ..runs import RunDir
+from ..runtime import rng_state, set_rng_state
+from .ae_parts import add_noise, evaluate, save_triplets
+from .autoencoder import AeConfig
+from .gan_data import ImageData, batches
+
+
+@dataclass
+class AeState:
+    """Model, optimizer and counters of one run (what a checkpoint stores)."""
+
+    cfg: AeConfig
+    arch: dict[str, Any]
+    device: Any
+    noise: tuple[str, float] | None
+    model: AutoEncoder
+    opt: torch.optim.Optimizer
+    epoch: int = 0
+    step: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, cfg: AeConfig, data: ImageData, device: Any, noise: tuple[str, float] | None
+    ) -> AeState:
+        """A fresh autoencoder sized to the data, with Adam."""
+        arch = {
+            "latent": cfg.latent, "image_size": data.image_size,
+            "channels": data.channels, "width": cfg.width,
+        }  # fmt: skip
+        model = build_autoencoder(arch).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return cls(cfg=cfg, arch=arch, device=device, noise=noise, model=model, opt=opt)
+
+    def restore(self, path: Path) -> None:
+        """Load weights, optimizer, RNG and counters from a checkpoint of the same run."""
+        ck = load_checkpoint(path, device=str(self.device))
+        self.model.load_state_dict(ck.weights["model"])
+        self.opt.load_state_dict(ck.state["opt"])
+        self.epoch, self.step = int(ck.state["epoch"]), int(ck.state["step"])
+        self.metrics = dict(ck.meta.get("metrics", {}))
+        set_rng_state(ck.state["rng"])
+
+    def save(self, path: Path, data: ImageData) -> Path:
+        """Atomically write weights (group "model"), optimizer, RNG and the contract's meta."""
+        meta = {
+            "command": "ae", "kind": "autoencoder", "arch": self.arch, "export_group": "model",
+            "preprocess": data.preprocess.to_dict(), "class_names": [],
+            "io": {"input": "image", "output": "reconstruction", "latent": "latent"},
+            "data": data.data_meta, "metrics": self.metrics, "noise": self.cfg.noise,
+            "config": asdict(self.cfg),
+        }  # fmt: skip
+        state = {
+            "epoch": self.epoch, "step": self.step, "opt": self.opt.state_dict(),
+            "rng": rng_state(),
+        }  # fmt: skip
+        return save_checkpoint(path, {"model": self.model.state_dict()}, meta, state)
+
+
+def _loss(recon: torch.Tensor, clean: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "bce":
+        return F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), clean)
+    return F.mse_loss(recon, clean)
+
+
+def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any) -> float:
+    """One pass over the training pixels with fresh noise per batch; returns the mean loss."""
+    s.model.train()
+    perm = torch.randperm(len(pixels))
+    total = torch.zeros((), device=s.device)
+    spans = batches(len(pixels), s.cfg.batch_size)
+    for a, b in spans:
+        clean = pixels[perm[a:b].to(pixels.device)].float().div_(255.0)
+        loss = _loss(s.model(add_noise(clean, s.noise)), clean, s.cfg.loss)
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        s.opt.step()
+        s.step += 1
+        total += loss.detach()
+        advance(1)
+    mean = float(total) / max(len(spans), 1)
+    if not np.isfinite(mean):
+        raise CheckFailed(
+            f"Autoencoder training diverged: the loss is NaN/Inf in epoch {epoch}.",
+            hint="Lower --lr; the last good checkpoint was kept in checkpoints/last.safetensors.",
+        )
+    return mean
+
+
+def run_epochs(
+    s: AeState, train: np.ndarray, val: np.ndarray, data: ImageData, run: RunDir, out: Any
+) -> None:
+    """Train from the state's epoch to cfg.epochs; validate and checkpoint after every epoch."""
+    pixels = torch.from_numpy(train).to(s.device)
+    total = len(batches(len(pixels), s.cfg.batch_size)) * (s.cfg.epochs - s.epoch)
+    with out.progress("ae train", total) as advance:
+        for epoch in range(s.epoch + 1, s.cfg.epochs + 1):
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": run_epoch(s, pixels, epoch, advance),
+            }
+            row["train_seconds"] = time.perf_counter() - t0
+            row["images_per_s"] = len(pixels) / max(row["train_seconds"], 1e-9)
+            if len(val):
+                ev = evaluate(s.model, val, s.noise, s.device, seed=s.cfg.seed + 1)
+                examples = ev.pop("_examples")
+                row |= {f"val_{k}": v for k, v in ev.items()}
+                save_triplets(examples, run.path / "samples" / f"epoch_{epoch:03d}.png")
+            s.epoch, s.metrics = epoch, row
+            run.append_metrics(row)
+            s.save(run.checkpoint("last"), data)
+            shown = f", val PSNR {row['val_psnr_db']:.2f} dB" if "val_psnr_db" in row else ""
+            run.log(f"epoch {epoch}: train_loss {row['train_loss']:.5f}{shown}")
+            out.print(f"epoch {epoch}/{s.cfg.epochs}: loss {row['train_loss']:.5f}{shown}")
+
+
+def final_outputs(
+    s: AeState, data: ImageData, run: RunDir, out: Any, wall_s: float
+) -> dict[str, Any]:
+    """Held-out (test) PSNR/SSIM and gain, the triplet grid, curves; the command's result."""
+    grid, test = None, {}
+    if len(data.heldout):
+        test = evaluate(s.model, data.heldout, s.noise, s.device, seed=s.cfg.seed + 2)
+        grid = save_triplets(test.pop("_examples"), run.path / "reconstructions.png")
+    metrics = {
+        **test,
+        "heldout_images": len(data.heldout),
+        "epochs": s.epoch,
+        "wall_seconds": wall_s,
+    }
+    metrics["train_loss"] = s.metrics.get("train_loss")
+    s.metrics = metrics
+    ck = s.save(run.checkpoint("last"), data)  # the final metrics go into the checkpoint's meta
+    panels = {"loss": ["train_loss", "val_mse"], "PSNR (dB)": ["val_psnr_db", "val_noisy_psnr_db"]}
+    curves = plot_curves(run.read_metrics(), panels, run.path / "curves.png")
+    artifacts = {
+        "checkpoint": ck, "reconstructions": grid, "curves": curves,
+        "metrics_csv": run.metrics_path, "grids": run.path / "samples",
+    }  # fmt: skip
+    result = {
+        "run_dir": str(run.path),
+        "artifacts": {k: str(v) for k, v in artifacts.items() if v},
+        "metrics": metrics,
+    }
+    run.write_json("results.json", result)
+    return result

@@ -1,0 +1,268 @@
+"""The DCGAN training step, epoch loop, checkpoints and final artifacts."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..models.dcgan import build_discriminator, build_generator
+from ..plots import plot_curves
+from ..runs import RunDir
+from ..runtime import rng_state, set_rng_state
+from .gan import Diverged, GanConfig
+from .gan_data import ImageData, batches
+from .gan_eval import (
+    FD_KEY,
+    KID_KEY,
+    QualityMeter,
+    ema_update,
+    export_generator,
+    progress_sheet,
+    save_grid,
+    to_uint8,
+)
+
+
+@dataclass
+class GanState:
+    """Models, optimizers and counters of one run (what a checkpoint stores)."""
+
+    cfg: GanConfig
+    arch: dict[str, Any]
+    device: Any
+    g: nn.Module
+    d: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: nn.Module | None
+    fixed_noise: torch.Tensor
+    epoch: int = 0
+    step: int = 0
+    streak: int = 0  # consecutive steps where D wins completely
+    warned: bool = False
+    g_export: nn.Module | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    quality: QualityMeter | None = None
+
+    @classmethod
+    def create(cls, cfg: GanConfig, data: ImageData, device: Any) -> GanState:
+        """Fresh DCGAN-initialised models, Adam optimizers and the fixed sample noise."""
+        ngf, ndf = cfg.resolved_channels(data.image_size)
+        arch = {
+            "nz": cfg.nz, "ngf": ngf, "ndf": ndf,
+            "image_size": data.image_size, "channels": data.channels,
+        }  # fmt: skip
+        g, d = build_generator(arch).to(device), build_discriminator(arch).to(device)
+        betas = (cfg.beta1, 0.999)
+        fixed = torch.randn(64, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1))
+        return cls(
+            cfg=cfg, arch=arch, device=device, g=g, d=d,
+            opt_g=torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas),
+            opt_d=torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=betas),
+            ema=copy.deepcopy(g).requires_grad_(False) if cfg.ema else None,
+            fixed_noise=fixed.to(device),
+        )  # fmt: skip
+
+    def restore(self, path: Path) -> None:
+        """Load models, optimizers, RNG and counters from a checkpoint of the same run."""
+        ck = load_checkpoint(path, device=str(self.device))
+        self.g.load_state_dict(ck.weights["g_train"])
+        self.d.load_state_dict(ck.weights["discriminator"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ck.weights.get("g_ema", ck.weights["g_train"]))
+        self.g_export = build_generator(self.arch).to(self.device).eval()
+        self.g_export.load_state_dict(ck.weights["generator"])
+        self.opt_g.load_state_dict(ck.state["opt_g"])
+        self.opt_d.load_state_dict(ck.state["opt_d"])
+        self.fixed_noise = ck.state["fixed_noise"].to(self.device)
+        self.epoch, self.step = int(ck.state["epoch"]), int(ck.state["step"])
+        self.streak, self.warned = int(ck.state["streak"]), bool(ck.state["warned"])
+        self.metrics = dict(ck.meta.get("metrics", {}))
+        set_rng_state(ck.state["rng"])
+
+    def meta(self, data: ImageData) -> dict[str, Any]:
+        """The checkpoint description (see the checkpoint contract)."""
+        return {
+            "command": "gan", "kind": "generator", "arch": self.arch,
+            "export_group": "generator", "preprocess": data.preprocess.to_dict(),
+            "class_names": [], "io": {"input": "z", "output": "image"},
+            "latent_size": self.cfg.nz, "data": data.data_meta, "metrics": self.metrics,
+            "config": asdict(self.cfg),
+        }  # fmt: skip
+
+    def save(self, path: Path, data: ImageData) -> Path:
+        """Atomically write the checkpoint: exportable G, raw G, D (and EMA), optimizers, RNG."""
+        weights = {
+            "generator": self.g_export.state_dict(),
+            "g_train": self.g.state_dict(),
+            "discriminator": self.d.state_dict(),
+        }
+        if self.ema is not None:
+            weights["g_ema"] = self.ema.state_dict()
+        state = {
+            "epoch": self.epoch, "step": self.step, "streak": self.streak, "warned": self.warned,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "fixed_noise": self.fixed_noise, "rng": rng_state(),
+        }  # fmt: skip
+        return save_checkpoint(path, weights, self.meta(data), state)
+
+
+def train_step(s: GanState, real: torch.Tensor) -> torch.Tensor:
+    """One generator update after `d_steps` discriminator updates; returns
+    [loss_d, loss_g, D(x), D(G(z))] as one detached tensor (one sync per step for the caller)."""
+    b = real.shape[0]
+    real_target = torch.full((b,), s.cfg.label_smoothing, device=real.device)
+    fake_target = torch.zeros(b, device=real.device)
+    for _ in range(s.cfg.d_steps):
+        fake = s.g(torch.randn(b, s.cfg.nz, device=real.device))
+        s.opt_d.zero_grad(set_to_none=True)
+        out_real = s.d(real)
+        err_real = F.binary_cross_entropy_with_logits(out_real, real_target)
+        err_real.backward()
+        out_fake = s.d(fake.detach())
+        err_fake = F.binary_cross_entropy_with_logits(out_fake, fake_target)
+        err_fake.backward()
+        s.opt_d.step()
+    s.opt_g.zero_grad(set_to_none=True)
+    loss_g = F.binary_cross_entropy_with_logits(s.d(fake), torch.ones(b, device=real.device))
+    loss_g.backward()
+    s.opt_g.step()
+    if s.ema is not None:
+        ema_update(s.ema, s.g, s.cfg.ema_decay, s.step)
+    with torch.no_grad():
+        return torch.stack(
+            [
+                err_real + err_fake,
+                loss_g,
+                torch.sigmoid(out_real).mean(),
+                torch.sigmoid(out_fake).mean(),
+            ]
+        ).detach()
+
+
+def _check_step(s: GanState, values: list[float], epoch: int, index: int, out: Any) -> None:
+    """Stop on NaN/Inf; warn once when D wins completely for `collapse_steps` steps."""
+    names = ("loss_d", "loss_g", "D(x)", "D(G(z))")
+    bad = [n for n, v in zip(names, values, strict=True) if v != v or abs(v) == float("inf")]
+    if bad:
+        raise Diverged(
+            f"Training diverged: {', '.join(bad)} became NaN/Inf at epoch {epoch}, step "
+            f"{index + 1} of the epoch (global step {s.step + 1}). The last good checkpoint "
+            "(end of the previous epoch, if any) was kept in checkpoints/last.safetensors.",
+            hint="Lower --lr (e.g. 1e-4), keep --label-smoothing below 1, or check the data for "
+            "broken images; then --resume or start again.",
+        )
+    s.streak = s.streak + 1 if values[2] > 0.99 and values[3] < 0.01 else 0
+    if s.streak == s.cfg.collapse_steps and not s.warned:
+        s.warned = True
+        out.warn(
+            f"the discriminator has won completely for {s.streak} steps (D(x) > 0.99, "
+            f"D(G(z)) < 0.01, epoch {epoch}): the generator gets almost no gradient and may have "
+            "collapsed. Try a smaller --ndf, --label-smoothing 0.8, --d-steps 1, or a lower --lr; "
+            "if the sample grids stay noise, start again with another --seed."
+        )
+
+
+def run_epoch(s: GanState, pixels: torch.Tensor, epoch: int, out: Any, advance: Any) -> dict:
+    """One pass over the training pixels; returns the epoch's mean losses and D outputs."""
+    s.g.train()
+    s.d.train()
+    perm = torch.randperm(len(pixels))
+    sums, n = [0.0, 0.0, 0.0, 0.0], 0
+    for index, (a, b) in enumerate(batches(len(pixels), s.cfg.batch_size)):
+        real = pixels[perm[a:b].to(pixels.device)].float().div_(127.5).sub_(1.0)
+        values = train_step(s, real).tolist()
+        _check_step(s, values, epoch, index, out)
+        s.step += 1
+        sums = [x + y for x, y in zip(sums, values, strict=True)]
+        n += 1
+        advance(0, info=f"epoch {epoch} loss_d {values[0]:.3f} loss_g {values[1]:.3f}")
+    keys = ("loss_d", "loss_g", "d_x", "d_g_z")
+    return {k: v / max(n, 1) for k, v in zip(keys, sums, strict=True)} | {"steps": n}
+
+
+def _evaluate(s: GanState, data: ImageData, run: RunDir, epoch: int) -> dict[str, Any]:
+    """Build the exportable eval-mode G, save the fixed-noise grid, and fd/kid when due."""
+    s.g_export, report = export_generator(s.ema if s.ema is not None else s.g, s.cfg.nz, s.device)
+    with torch.no_grad():
+        grid = to_uint8(s.g_export(s.fixed_noise))
+    save_grid(grid, run.path / "samples" / f"epoch_{epoch:03d}.png")
+    row: dict[str, Any] = dict(report)
+    due = s.cfg.fd_every and (epoch % s.cfg.fd_every == 0 or epoch == s.cfg.epochs)
+    if due and len(data.heldout) >= 2:
+        if s.quality is None:
+            s.quality = QualityMeter(data.train, data.heldout, s.cfg.fd_images, s.cfg.fd_image_size)
+        row |= s.quality.measure(s.g_export, s.cfg.nz, s.device)
+    return row
+
+
+def run_epochs(s: GanState, data: ImageData, run: RunDir, out: Any) -> None:
+    """Train from the state's epoch to cfg.epochs, checkpointing after every epoch."""
+    pixels = torch.from_numpy(data.train).to(s.device)
+    total = len(batches(len(pixels), s.cfg.batch_size)) * (s.cfg.epochs - s.epoch)
+    with out.progress("gan train", total) as advance:
+        for epoch in range(s.epoch + 1, s.cfg.epochs + 1):
+            t0 = time.perf_counter()
+            row = run_epoch(s, pixels, epoch, out, lambda n, info: advance(0, info=info))
+            train_s = time.perf_counter() - t0
+            advance(row["steps"])
+            row = {"epoch": epoch, "step": s.step, **row}
+            row |= {"train_seconds": train_s, "images_per_s": len(pixels) / max(train_s, 1e-9)}
+            t1 = time.perf_counter()
+            row |= _evaluate(s, data, run, epoch)
+            row["eval_seconds"] = time.perf_counter() - t1
+            s.epoch = epoch
+            s.metrics = {k: v for k, v in row.items() if k != "steps"}
+            run.append_metrics(s.metrics)
+            s.save(run.checkpoint("last"), data)
+            fd = f", {FD_KEY} {row[FD_KEY]:.2f}" if FD_KEY in row else ""
+            run.log(f"epoch {epoch}: loss_d {row['loss_d']:.4f} loss_g {row['loss_g']:.4f}{fd}")
+            out.print(
+                f"epoch {epoch}/{s.cfg.epochs}: loss_d {row['loss_d']:.3f} "
+                f"loss_g {row['loss_g']:.3f} D(x) {row['d_x']:.2f} D(G(z)) {row['d_g_z']:.2f}"
+                f" ({row['images_per_s']:.0f} img/s){fd}"
+            )
+
+
+def final_outputs(
+    s: GanState, data: ImageData, run: RunDir, out: Any, wall_s: float
+) -> dict[str, Any]:
+    """Sample sheet, progress sheet and curves; the command's result dict."""
+    ck = run.checkpoint("last")
+    g = s.g_export
+    with torch.no_grad():
+        z = torch.randn(64, s.cfg.nz, generator=torch.Generator().manual_seed(s.cfg.seed))
+        samples = save_grid(to_uint8(g(z.to(s.device))), run.path / "samples.png")
+    progress = progress_sheet(run.path / "samples", run.path / "progress.png", s.arch["image_size"])
+    rows = run.read_metrics()
+    panels = {
+        "losses": ["loss_d", "loss_g"],
+        "discriminator outputs": ["d_x", "d_g_z"],
+        FD_KEY: [FD_KEY, FD_KEY + "_floor"],
+        KID_KEY: [KID_KEY, KID_KEY + "_floor"],
+    }
+    curves = plot_curves(rows, panels, run.path / "curves.png")
+    metrics = dict(s.metrics) | {"wall_seconds": wall_s, "epochs": s.epoch}
+    artifacts = {
+        "checkpoint": ck,
+        "samples": samples,
+        "progress": progress,
+        "curves": curves,
+        "metrics_csv": run.metrics_path,
+        "grids": run.path / "samples",
+    }
+    result = {
+        "run_dir": str(run.path),
+        "artifacts": {k: str(v) for k, v in artifacts.items() if v},
+        "metrics": metrics,
+    }
+    run.write_json("results.json", result)
+    return result

@@ -1,0 +1,107 @@
+"""`dlpipe ae train` end to end on tiny real images; the model's separable parts; noise specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlpipe.checkpoint import load_checkpoint
+from dlpipe.errors import BadInput
+from dlpipe.models import build_from_meta
+from dlpipe.models.autoencoder import AutoEncoder
+from dlpipe.train.ae_parts import add_noise, parse_noise
+from tests.conftest import parse_json
+
+TINY = ["--latent", "8", "--width", "4", "--batch-size", "8", "--quiet", "--lr", "3e-3"]
+
+
+@pytest.fixture
+def stripes(tmp_path: Path) -> Path:
+    """40 gray 16x16 images of stripes at varying positions (flat folder)."""
+    root = tmp_path / "stripes"
+    root.mkdir()
+    for i in range(40):
+        img = np.full((16, 16), 30, np.uint8)
+        img[:, i % 12 : i % 12 + 4] = 220
+        Image.fromarray(img).save(root / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (16, 1), (64, 3)])
+def test_shapes_and_separable_parts(size, channels):
+    ae = AutoEncoder(latent=10, image_size=size, channels=channels, width=4)
+    x = torch.rand(2, channels, size, size)
+    with torch.no_grad():
+        z = ae.encoder(x)
+        y = ae.decoder(z)
+        torch.testing.assert_close(ae(x), y)
+    assert z.shape == (2, 10)
+    assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+
+
+def test_noise_specs():
+    assert parse_noise("gaussian:0.3") == ("gaussian", 0.3)
+    assert parse_noise("0.3") == ("gaussian", 0.3)
+    assert parse_noise(None) is None and parse_noise("none") is None
+    for bad in ("gauss:0.3", "mask:1.5", "saltpepper:x", "gaussian:-1"):
+        with pytest.raises(BadInput, match="--noise"):
+            parse_noise(bad)
+    x = torch.full((4, 1, 32, 32), 0.5)
+    g = torch.Generator().manual_seed(0)
+    masked = add_noise(x, ("mask", 0.25), g)
+    assert float((masked == 0).float().mean()) == pytest.approx(0.25, abs=0.03)
+    sp = add_noise(x, ("saltpepper", 0.1), g)
+    assert float((sp != 0.5).float().mean()) == pytest.approx(0.1, abs=0.02)
+    gauss = add_noise(x, ("gaussian", 0.1), g)
+    assert float((gauss - x).std()) == pytest.approx(0.1, rel=0.05) and gauss.max() <= 1
+
+
+def test_denoising_train_cli_json_metrics_and_contract(cli, stripes):
+    res = cli("ae", "train", "--data", stripes, "--noise", "gaussian:0.3", "--epochs", "4",
+              "--test-fraction", "0.2", "--json", *TINY)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    result = parse_json(res.stdout)
+    m = result["metrics"]
+    for key in ("psnr_db", "ssim", "noisy_psnr_db", "psnr_gain_db"):
+        assert np.isfinite(m[key]), key
+    assert m["psnr_gain_db"] == pytest.approx(m["psnr_db"] - m["noisy_psnr_db"])
+    run = Path(result["run_dir"])
+    for name in ("checkpoint", "reconstructions", "curves", "metrics_csv"):
+        assert Path(result["artifacts"][name]).exists()
+    assert (run / "samples" / "epoch_004.png").exists()
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 5 and "val_psnr_db" in rows[0]
+    losses = [float(r.split(",")[1]) for r in rows[1:]]
+    assert losses[-1] < losses[0]  # it learns
+    ck = load_checkpoint(run / "checkpoints" / "last.safetensors")
+    assert (ck.meta["command"], ck.meta["kind"], ck.meta["export_group"]) == (
+        "ae",
+        "autoencoder",
+        "model",
+    )
+    assert ck.meta["arch"] == {"latent": 8, "image_size": 16, "channels": 1, "width": 4}
+    assert ck.meta["metrics"]["psnr_gain_db"] == pytest.approx(m["psnr_gain_db"])
+    model = build_from_meta(ck.meta)
+    model.load_state_dict(ck.weights["model"])
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(model.decoder(model.encoder(x)), model(x))
+
+
+def test_resume_and_plain_autoencoder(cli, stripes):
+    args = ["ae", "train", "--data", stripes, "--name", "r", *TINY]
+    assert cli(*args, "--epochs", "1").exit_code == 0
+    res = cli("ae", "train", "--resume", "--name", "r", "--epochs", "2", "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    m = parse_json(res.stdout)["metrics"]
+    assert m["epochs"] == 2 and "psnr_gain_db" not in m and m["psnr_db"] > 0
+    ck = load_checkpoint(Path("runs/ae/r/checkpoints/last.safetensors"))
+    assert ck.state["epoch"] == 2 and ck.state["step"] == 2 * 4  # 32 training images, batch 8
+
+
+def test_bad_noise_is_exit_2(cli, stripes):
+    res = cli("ae", "train", "--data", stripes, "--noise", "blur:2", *TINY)
+    assert res.exit_code == 2 and "--noise" in res.stderr
