@@ -22,7 +22,7 @@ def test_psnr_hand_computed():
 def test_ssim_hand_computed():
     a = np.full((1, 1, 16, 16), 0.2)
     b = np.full((1, 1, 16, 16), 0.6)
-    c1, c2 = 0.01**2, 0.03**2
+    c1 = 0.01**2
     # constant images: no variance, so SSIM is the luminance term (2ab + C1) / (a^2 + b^2 + C1)
     expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
     assert ssim(a, b)[0] == pytest.approx(expected, rel=1e-9)
