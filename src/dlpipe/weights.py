@@ -74,8 +74,13 @@ def hash_prefix(filename: str) -> str | None:
 
 def hub_checkpoints_dir() -> Path:
     """torch.hub's checkpoint cache ($TORCH_HOME/hub/checkpoints)."""
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # doctor on a machine without torch: torch.hub's documented default
+        home = os.environ.get("TORCH_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
+        )
+        return Path(home) / "hub" / "checkpoints"
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
