@@ -24,6 +24,7 @@ from dlpipe.compat import import_torchvision
 from dlpipe.export import files
 from dlpipe.export.latency import timeit
 from dlpipe.export.onnx import ExportConfig, to_proto
+from dlpipe.export.providers import no_spin
 from dlpipe.export.spec import IOSpec
 
 RESULTS = Path(__file__).parent / "results"
@@ -60,7 +61,7 @@ def export(model, exporter: str, folder: Path) -> tuple[Path, float]:
 def session(path: Path):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    opts = no_spin(ort.SessionOptions())  # spinning ORT threads would slow torch measured beside it
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

@@ -115,7 +115,7 @@ def session_for(model: str | Path, provider: str) -> tuple[Any | None, ProviderR
             " Install onnxruntime-gpu (make install-gpu) on a machine with CUDA."
         )
         return None, ProviderResult(short, provider, False, [], reason)
-    opts = ort.SessionOptions()
+    opts = no_spin(ort.SessionOptions())
     opts.log_severity_level = 1  # warnings and errors: the reason a provider fails to load
     log = ""
     try:
@@ -135,6 +135,14 @@ def session_for(model: str | Path, provider: str) -> tuple[Any | None, ProviderR
         reason = f"asked for {provider} but onnxruntime runs {active[0]} (silent fallback): {why}"
         return None, ProviderResult(short, provider, False, active, reason[:600])
     return session, ProviderResult(short, provider, True, active, "runs")
+
+
+def no_spin(opts: Any) -> Any:
+    """Idle onnxruntime threads busy-wait by default, stealing the cores torch (the reference,
+    measured right after) needs: torch eager then looks 2-10x slower than it is."""
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
 
 
 def cpu_session(model: str | Path, threads: int | None = None) -> Any:

@@ -38,7 +38,9 @@ def _session(proto: Any, all_outputs: bool = False) -> Any:
             for name in node.output:
                 if name and name not in known:
                     proto.graph.output.append(onnx.ValueInfoProto(name=name))
-    opts = ort.SessionOptions()
+    from .providers import no_spin
+
+    opts = no_spin(ort.SessionOptions())
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
