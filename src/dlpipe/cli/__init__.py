@@ -18,7 +18,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",  # docstrings are paragraphs: wrapped to the terminal, not line by line
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

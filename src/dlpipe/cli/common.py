@@ -170,7 +170,18 @@ def command(func: F) -> F:
             Console(stderr=True).print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
+    wrapper.__doc__ = reflow(func.__doc__)
     return wrapper  # type: ignore[return-value]
+
+
+def reflow(doc: str | None) -> str | None:
+    """Join the hard-wrapped lines of each docstring paragraph, so help wraps to the terminal."""
+    if not doc:
+        return doc
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
 
 def not_implemented(name: str) -> None:
