@@ -91,3 +91,48 @@ def test_build_from_meta_contract():
     meta = {"kind": "generator", "arch": {"nz": 8, "ngf": 4, "image_size": 28, "channels": 1}}
     g = build_from_meta(meta)
     assert not g.training and g(torch.randn(2, 8)).shape == (2, 1, 28, 28)
+
+
+class _Recorder:
+    def __init__(self):
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def _state(collapse_steps: int = 5):
+    from dlpipe.train.gan import GanConfig
+    from dlpipe.train.gan_loop import GanState
+
+    cfg = GanConfig(collapse_steps=collapse_steps)
+    arch = {"nz": 8, "ngf": 4, "ndf": 4, "image_size": 16, "channels": 1}
+    g, d = build_generator(arch), Discriminator(4, 16, 1)
+    opt = torch.optim.Adam(g.parameters())
+    return GanState(cfg, arch, "cpu", g, d, opt, opt, None, torch.zeros(1, 8))
+
+
+def test_collapse_warning_once_after_streak():
+    from dlpipe.train.gan_loop import _check_step
+
+    s, out = _state(collapse_steps=5), _Recorder()
+    for i in range(4):
+        _check_step(s, [0.01, 9.0, 0.999, 0.001], 3, i, out)
+    _check_step(s, [0.5, 1.0, 0.7, 0.3], 3, 4, out)  # a normal step resets the streak
+    for i in range(12):
+        _check_step(s, [0.01, 9.0, 0.999, 0.001], 3, 5 + i, out)
+    assert len(out.warnings) == 1 and "--ndf" in out.warnings[0] and "epoch 3" in out.warnings[0]
+
+
+def test_injected_nan_names_epoch_and_step():
+    from dlpipe.train.gan import Diverged
+    from dlpipe.train.gan_loop import _check_step
+
+    s = _state()
+    s.step = 41
+    with pytest.raises(
+        Diverged, match=r"loss_g became NaN/Inf at epoch 2, step 7 .*global step 42"
+    ):
+        _check_step(s, [0.5, float("nan"), 0.5, 0.5], 2, 6, _Recorder())
+    with pytest.raises(Diverged, match="loss_d"):
+        _check_step(s, [float("inf"), 1.0, 0.5, 0.5], 2, 0, _Recorder())
