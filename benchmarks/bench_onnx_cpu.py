@@ -22,7 +22,6 @@ import numpy as np
 
 from dlpipe.compat import import_torchvision
 from dlpipe.export import files
-from dlpipe.export.latency import timeit
 from dlpipe.export.onnx import ExportConfig, to_proto
 from dlpipe.export.providers import no_spin
 from dlpipe.export.spec import IOSpec
@@ -66,6 +65,24 @@ def session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def interleaved(fns: dict, runs: int, warmup: int) -> dict:
+    """Time the candidates round-robin, so load drift on a shared machine hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(runs):
+        keys = list(fns)[i % len(fns) :] + list(fns)[: i % len(fns)]  # rotate who goes first
+        for k in keys:
+            start = time.perf_counter()
+            fns[k]()
+            times[k].append((time.perf_counter() - start) * 1000.0)
+    return {
+        k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))}
+        for k, v in times.items()
+    }
+
+
 def bench_model(name: str, runs: dict[int, int], folder: Path) -> dict:
     import torch
 
@@ -81,15 +98,14 @@ def bench_model(name: str, runs: dict[int, int], folder: Path) -> dict:
     for bs, n in runs.items():
         x = np.random.default_rng(0).standard_normal((bs, 3, 224, 224)).astype(np.float32)
         xt = torch.from_numpy(x)
-        ref = model(xt).detach().numpy()
-        cell = {}
-        warm = 3 if bs == 1 else 1  # first calls build oneDNN/ORT kernels for the shape
         with torch.no_grad():
-            cell["torch_eager"] = timeit(lambda: model(xt), n, warmup=warm)  # noqa: B023
+            ref = model(xt).numpy()
+        fns = {"torch_eager": lambda: model(xt)}  # noqa: B023
+        fns.update({ex: (lambda s=s: s.run(None, {"image": x})) for ex, s in sessions.items()})  # noqa: B023
+        with torch.no_grad():
+            cell = interleaved(fns, n, warmup=3 if bs == 1 else 1)
         for ex, s in sessions.items():
-            got = s.run(None, {"image": x})[0]
-            cell[ex] = {**timeit(lambda: s.run(None, {"image": x}), n, warmup=warm),  # noqa: B023
-                        "max_abs_err": float(np.abs(got - ref).max())}  # fmt: skip
+            cell[ex]["max_abs_err"] = float(np.abs(s.run(None, {"image": x})[0] - ref).max())
             cell[ex]["speedup"] = cell["torch_eager"]["median_ms"] / cell[ex]["median_ms"]
         row["batches"][str(bs)] = cell
         print(name, bs, {k: round(v["median_ms"], 1) for k, v in cell.items()}, flush=True)
@@ -100,7 +116,7 @@ def to_markdown(info: dict, rows: list[dict]) -> str:
     lines = [
         "# ONNX Runtime CPU vs torch eager (dlpipe export)", "",
         f"Machine: {info['nproc']} cores, {info['cpu']}; torch {info['torch']} ({info['torch_threads']} threads), "
-        f"onnxruntime {info['onnxruntime']}, Python {info['python']}. Random weights, 224x224, median of N runs.", "",
+        f"onnxruntime {info['onnxruntime']}, Python {info['python']}. Random weights, 224x224, median of N runs, candidates timed round-robin.", "",
         "Reproduce: `.venv/bin/python benchmarks/bench_onnx_cpu.py`", "",
         "| model | batch | torch eager ms | ORT dynamo ms (x) | ORT torchscript ms (x) | max abs err dyn / ts | target |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -110,8 +110,8 @@ def write_classifier_run(root: Path, image_folder: Path) -> Path:
     ds = open_source(image_folder)
     pre = Preprocess(resize=16, crop=16, mean=[0.5, 0.4, 0.3], std=[0.25, 0.25, 0.25], channels=3)
     x = torch.from_numpy(pre.batch([ds.image(i) for i in range(len(ds))]))
-    model = TinyClassifier(3, 3)
     torch.manual_seed(0)
+    model = TinyClassifier(3, 3)
     _train_briefly(model, x, torch.from_numpy(ds.labels))
     meta = {"command": "finetune", "kind": "classifier", "export_group": "model",
             "arch": {"backbone": "tiny", "num_classes": 3, "head": "linear", "hidden": None, "dropout": 0.0, "in_chans": 3},
@@ -123,6 +123,7 @@ def write_classifier_run(root: Path, image_folder: Path) -> Path:
 
 
 def write_generator_run(root: Path) -> Path:
+    torch.manual_seed(0)
     model = TinyGenerator(8, 8, 1)
     model.train()
     with torch.no_grad():
@@ -144,6 +145,7 @@ def write_autoencoder_run(root: Path) -> Path:
     ds = open_source("digits")
     pre = Preprocess(channels=1)
     x = torch.from_numpy(pre.batch([ds.image(i) for i in range(32)]))
+    torch.manual_seed(0)
     model = TinyAutoencoder(6, 8, 1)
     _train_briefly(model, x, None)
     meta = {"command": "ae", "kind": "autoencoder", "export_group": "model",

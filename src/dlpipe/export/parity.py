@@ -120,6 +120,9 @@ def _compare_provider(
         return rows
     static = _static_batch(session)
     sizes = [static] if static else cfg.batch_sizes
+    # the reference runs where the provider runs: CUDA for CUDA/TensorRT when torch has it
+    device = "cuda" if tag != "cpu" and torch.cuda.is_available() else "cpu"
+    torch_model.to(device)
     for s in sets:
         got_all, ref_all = [], []
         for bs in sizes:
@@ -127,7 +130,7 @@ def _compare_provider(
             for xb in _batches(s.x, bs):
                 got = session.run(None, {have[0]: xb})[0]
                 with torch.no_grad():
-                    ref = torch_model(torch.from_numpy(xb)).numpy()
+                    ref = torch_model(torch.from_numpy(xb).to(device)).float().cpu().numpy()
                 if got.shape != ref.shape:
                     shapes_ok, shape_note = False, f"onnx {got.shape} vs torch {ref.shape}"
                     break
