@@ -114,3 +114,17 @@ def test_plain_safetensors_is_not_a_checkpoint(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(BadInput, match="not a dlpipe checkpoint"):
         ckpt.load_checkpoint(tmp_path / "w.safetensors")
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from dlpipe.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
