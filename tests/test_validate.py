@@ -45,8 +45,13 @@ def test_perturbed_initializer_fails_with_explained_report(cli, exported):
         "--json",
     )
     assert result.exit_code == 1
-    report = parse_json(result.stdout)["parity"]
+    payload = parse_json(result.stdout)
+    report = payload["parity"]
     assert not report["passed"]
+    # the headline figures agree with the report they summarise
+    assert payload["metrics"]["parity_passed"] is False
+    worst = max(r["stats"]["max_abs"] for r in report["checks"] if "stats" in r)
+    assert payload["metrics"]["max_abs_error"] == worst > 1e-4
     failed = {r["check"]: r for r in report["checks"] if not r["ok"]}
     values = failed["values cpu real"]
     assert values["stats"]["max_abs"] > 1e-4 and values["stats"]["outside_tolerance"] > 0

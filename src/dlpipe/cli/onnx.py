@@ -31,13 +31,32 @@ def _sizes(text: str) -> list[int]:
         ) from None
 
 
+def parity_metrics(report: dict) -> dict:
+    """The headline figures of a parity report (pipeline summaries, --json consumers)."""
+    errors = [
+        c["stats"]["max_abs"]
+        for c in report["checks"]
+        if c.get("stats", {}).get("max_abs") is not None
+    ]
+    speedups = [r["speedup"] for r in report.get("latency", []) if r.get("speedup")]
+    metrics = {"parity_passed": bool(report["passed"])}
+    if errors:
+        metrics["max_abs_error"] = max(errors)
+    if speedups:
+        metrics["ort_speedup"] = speedups[-1]  # the largest batch measured
+    return metrics
+
+
 def _finish_validation(out: Output, report: dict, extra: dict | None = None) -> None:
     from ..errors import CheckFailed
     from ..export.report import print_table
 
     print_table(out, report)
     where = report.get("artifacts", {}).get("parity_md", "")
-    out.result({**(extra or {}), "parity": report}, f"parity report: {where}")
+    out.result(
+        {**(extra or {}), "metrics": parity_metrics(report), "parity": report},
+        f"parity report: {where}",
+    )
     if not report["passed"]:
         failed = [r["check"] for r in report["checks"] if not r["ok"]]
         raise CheckFailed(
