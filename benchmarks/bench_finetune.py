@@ -5,8 +5,8 @@ Speed: the same frozen mobilenet_v2 (real ImageNet weights), data and image size
   cached = dlpipe's path: one backbone pass, then E epochs of the head on cached features.
 Quality: `run_finetune` on mnist5k / fashion-mnist with the real weights, wall time recorded.
 
-    .venv/bin/python benchmarks/bench_finetune.py [--quick] [--skip-quality] [--fashion]
-Writes benchmarks/results/finetune.md.
+    .venv/bin/python benchmarks/bench_finetune.py [--quick] [--skip-quality] [--fashion] [--out F]
+Writes benchmarks/results/finetune.md (or F).
 """
 
 from __future__ import annotations
@@ -85,7 +85,10 @@ def speed(n_images: int, epochs: int, size: int) -> dict[str, float]:
                                          "train", torch.device("cpu"))  # fmt: skip
         t_extract = time.perf_counter() - t0
         head_b = torch.nn.Linear(1280, 10)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as dlpipe does for head epochs: tiny ops, no thread spinning
         t_head = train_head(lambda a, b: feats[a:b], head_b)
+        torch.set_num_threads(threads)
     cached = t_extract + t_head
     return {"naive_s": t_naive, "cached_s": cached, "extract_s": t_extract,
             "head_epochs_s": t_head, "ratio": t_naive / cached}  # fmt: skip
@@ -160,6 +163,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="speed only, 1000 images")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--fashion", action="store_true", help="also Fashion-MNIST (slow)")
+    ap.add_argument("--out", default="finetune.md", help="file name under benchmarks/results/")
     args = ap.parse_args()
     os.environ.setdefault("DLPIPE_OFFLINE", "1")
     n, size, epochs = (1000, 64, 10) if args.quick else (2000, 96, 10)
@@ -169,10 +173,10 @@ def main() -> None:
     if args.fashion:
         runs += QUALITY["fashion"]
     q = quality(runs)
-    write(sp, q, n, size, epochs)
+    write(sp, q, n, size, epochs, args.out)
 
 
-def write(sp: dict, q: list[dict], n: int, size: int, epochs: int) -> None:
+def write(sp: dict, q: list[dict], n: int, size: int, epochs: int, name: str) -> None:
     lines = [
         "# finetune benchmarks", "", f"Machine: {machine()}", "",
         f"## Frozen mobilenet_v2 (ImageNet), {n} mnist5k images at {size} px, {epochs} epochs", "",
@@ -188,7 +192,7 @@ def write(sp: dict, q: list[dict], n: int, size: int, epochs: int) -> None:
         for r in q:
             lines.append(f"| {r['label']} | {r['acc']:.4f} | {r['split']} ({r['n']}) | "
                          f"{r['wall_s']:.0f} | `{r['config']}` |")  # fmt: skip
-    out = ROOT / "benchmarks" / "results" / "finetune.md"
+    out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

@@ -131,13 +131,15 @@ def train_epoch(
             continue  # BatchNorm cannot train on a batch of one
         loss_t, logits = _step(forward, x, y, optimizer, loss_fn, plan.lbfgs)
         loss_value = float(loss_t)
-        if not math.isfinite(loss_value) or not all(torch.isfinite(p).all() for p in params()):
+        if not math.isfinite(loss_value):  # inf/NaN weights show up in the next step's loss
             raise NanLoss(plan.epoch + 1, k + 1)
         total_loss += loss_value * len(idx)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(idx)
         if advance:
             advance(1, info=f"loss {total_loss / seen:.4f} acc {correct / seen:.3f}")
+    if not all(bool(torch.isfinite(p).all()) for p in params()):  # never checkpoint inf weights
+        raise NanLoss(plan.epoch + 1, seen // max(plan.batch_size, 1))
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 

@@ -105,6 +105,7 @@ class Session:
             wdesc = weights.describe() if weights else {"spec": cfg.weights, "source": "none"}
         info["in_chans"] = in_chans
         s = cls(cfg, run, out, data, model.to(device), info, pre, wdesc, device)
+        s.stage = "frozen" if s.frozen_at(0) else "unfrozen"
         s._check_input_size()
         s._setup_optimizer()
         if ckpt is not None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..checkpoint import save_checkpoint
@@ -110,14 +113,27 @@ def _one_epoch(s: Session, fwd: Any, params: Any, src: Any, ce: nn.Module, loss:
         with s.out.progress(f"epoch {s.epoch + 1}/{s.cfg.epochs}", steps) as advance:
             tr = train_epoch(fwd, params, src, s.optimizer, loss, plan, advance)
     else:
-        tr = train_epoch(fwd, params, src, s.optimizer, loss, plan)
+        with _threads(1):  # tiny head ops: extra threads only spin (15x slower on a busy box)
+            tr = train_epoch(fwd, params, src, s.optimizer, loss, plan)
     s.model.eval()
     val_src, val_fwd = s.source("val" if len(s.data.val) else "train", frozen)
-    val, _ = evaluate(val_fwd, val_src, ce)
+    with _threads(1 if not slow else torch.get_num_threads()):
+        val, _ = evaluate(val_fwd, val_src, ce)
     return {"epoch": s.epoch + 1, "stage": "frozen" if frozen else "unfrozen",
             "path": "slow" if slow else "cached-features", **tr,
             "val_loss": val["loss"], "val_acc": val["acc"],
             "lr": s.optimizer.param_groups[0]["lr"]}  # fmt: skip
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run a block with `n` intra-op threads, restoring the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _end_epoch(s: Session, row: dict[str, Any]) -> None:
