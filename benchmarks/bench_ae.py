@@ -63,6 +63,7 @@ def blur_baseline(run_dir: Path) -> dict:
 
 def run_ae(name: str, **config: object) -> dict:
     """Train one autoencoder with `config` into a scratch run folder; returns its result."""
+    from dlpipe.cli.common import Output
     from dlpipe.runs import RunDir
     from dlpipe.train.autoencoder import AeConfig, train_autoencoder
 
@@ -70,7 +71,7 @@ def run_ae(name: str, **config: object) -> dict:
     shutil.rmtree(run.path, ignore_errors=True)
     (run.path / "checkpoints").mkdir(parents=True)
     t0 = time.perf_counter()
-    result = train_autoencoder(AeConfig(**config), run)
+    result = train_autoencoder(AeConfig(**config), run, Output(json_mode=True))
     result["wall_seconds"] = time.perf_counter() - t0
     result["config"] = config
     return result
@@ -120,7 +121,12 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=20000, help="training images (of 54k)")
     p.add_argument("--quickstart", action="store_true")
     p.add_argument("--skip-fashion", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = p.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)  # on a shared, oversubscribed machine 1 thread is faster
     RESULTS.mkdir(parents=True, exist_ok=True)
     report: dict = {"machine": machine()}
     if not a.skip_fashion:

@@ -21,11 +21,12 @@ TINY = ["--latent", "8", "--width", "4", "--batch-size", "8", "--quiet", "--lr",
 
 @pytest.fixture
 def stripes(tmp_path: Path) -> Path:
-    """40 gray 16x16 images of stripes at varying positions (flat folder)."""
+    """40 gray 16x16 images of a bright stripe on black (mostly-black images, like MNIST, once
+    drove a sigmoid output into saturation: the test below would catch that)."""
     root = tmp_path / "stripes"
     root.mkdir()
     for i in range(40):
-        img = np.full((16, 16), 30, np.uint8)
+        img = np.zeros((16, 16), np.uint8)
         img[:, i % 12 : i % 12 + 4] = 220
         Image.fromarray(img).save(root / f"{i}.png")
     return root
@@ -83,7 +84,13 @@ def test_denoising_train_cli_json_metrics_and_contract(cli, stripes):
         "autoencoder",
         "model",
     )
-    assert ck.meta["arch"] == {"latent": 8, "image_size": 16, "channels": 1, "width": 4}
+    assert ck.meta["arch"] == {
+        "latent": 8,
+        "image_size": 16,
+        "channels": 1,
+        "width": 4,
+        "output": "clamp",
+    }
     assert ck.meta["metrics"]["psnr_gain_db"] == pytest.approx(m["psnr_gain_db"])
     model = build_from_meta(ck.meta)
     model.load_state_dict(ck.weights["model"])

@@ -5,6 +5,11 @@ The depth follows the image size the same way as the DCGAN (side halved while ev
 ends in a linear layer to the latent vector, the decoder starts with one, so `encoder` and
 `decoder` are separate modules with plain tensor interfaces and export separately or together.
 No BatchNorm: eval mode equals train mode, so what is exported is exactly what was measured.
+
+The decoder's last layer is linear (`Decoder.raw`); `forward` maps it to [0, 1] by clamping (MSE,
+the default) or by a sigmoid (BCE, trained on logits). Training never goes through a saturating
+sigmoid with MSE: on MNIST (mostly black pixels) Adam drives such an output into saturation within
+~20 steps and the network stops learning.
 """
 
 from __future__ import annotations
@@ -40,9 +45,12 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """latent (N, latent) -> image (N, C, S, S) in [0, 1]."""
 
-    def __init__(self, latent: int, image_size: int, channels: int, width: int):
+    def __init__(
+        self, latent: int, image_size: int, channels: int, width: int, output: str = "clamp"
+    ):
         super().__init__()
         base, k = stages(image_size)
+        self.output = output
         ch = width * 2 ** (k - 1)
         self.shape = (ch, base, base)
         self.fc = nn.Sequential(
@@ -56,21 +64,32 @@ class Decoder(nn.Module):
             if i < k - 1:
                 layers.append(nn.LeakyReLU(0.2, inplace=True))
             ch = out
-        layers.append(nn.Sigmoid())
         self.features = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Decode latent vectors to images."""
+    def raw(self, z: torch.Tensor) -> torch.Tensor:
+        """The last linear layer's output (the training loss is computed on it)."""
         return self.features(self.fc(z).reshape(z.shape[0], *self.shape))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode latent vectors to images in [0, 1]."""
+        r = self.raw(z)
+        return torch.sigmoid(r) if self.output == "sigmoid" else r.clamp(0.0, 1.0)
 
 
 class AutoEncoder(nn.Module):
     """forward(x) = decoder(encoder(x)): image -> reconstruction, both in [0, 1]."""
 
-    def __init__(self, latent: int = 32, image_size: int = 28, channels: int = 1, width: int = 32):
+    def __init__(
+        self,
+        latent: int = 32,
+        image_size: int = 28,
+        channels: int = 1,
+        width: int = 32,
+        output: str = "clamp",
+    ):
         super().__init__()
         self.encoder = Encoder(latent, image_size, channels, width)
-        self.decoder = Decoder(latent, image_size, channels, width)
+        self.decoder = Decoder(latent, image_size, channels, width, output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct images."""
@@ -84,6 +103,7 @@ def build_autoencoder(arch: dict[str, Any]) -> AutoEncoder:
         image_size=int(arch["image_size"]),
         channels=int(arch["channels"]),
         width=int(arch["width"]),
+        output=str(arch.get("output", "clamp")),
     )
 
 

@@ -44,6 +44,7 @@ class AeState:
         arch = {
             "latent": cfg.latent, "image_size": data.image_size,
             "channels": data.channels, "width": cfg.width,
+            "output": "sigmoid" if cfg.loss == "bce" else "clamp",
         }  # fmt: skip
         model = build_autoencoder(arch).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -74,10 +75,11 @@ class AeState:
         return save_checkpoint(path, {"model": self.model.state_dict()}, meta, state)
 
 
-def _loss(recon: torch.Tensor, clean: torch.Tensor, kind: str) -> torch.Tensor:
+def _loss(raw: torch.Tensor, clean: torch.Tensor, kind: str) -> torch.Tensor:
+    """On the decoder's linear output: BCE on logits, or MSE before the [0, 1] clamp."""
     if kind == "bce":
-        return F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), clean)
-    return F.mse_loss(recon, clean)
+        return F.binary_cross_entropy_with_logits(raw, clean)
+    return F.mse_loss(raw, clean)
 
 
 def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any) -> float:
@@ -88,7 +90,8 @@ def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any) -> flo
     spans = batches(len(pixels), s.cfg.batch_size)
     for a, b in spans:
         clean = pixels[perm[a:b].to(pixels.device)].float().div_(255.0)
-        loss = _loss(s.model(add_noise(clean, s.noise)), clean, s.cfg.loss)
+        raw = s.model.decoder.raw(s.model.encoder(add_noise(clean, s.noise)))
+        loss = _loss(raw, clean, s.cfg.loss)
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
         s.opt.step()
