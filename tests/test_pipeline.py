@@ -146,3 +146,24 @@ def test_bad_set_override():
     p = _write(TINY)
     with pytest.raises(BadInput, match="STAGE.OPTION=VALUE"):
         load_pipeline(p, ["limit=3"])
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_pipelines_are_valid_against_the_real_commands(path):
+    pipeline = load_pipeline(path)
+    assert pipeline.stages
+    # every exported model of a shipped pipeline is validated by a later stage
+    exports = [s.name for s in pipeline.stages if s.command == ["export"]]
+    validated = {r for s in pipeline.stages if s.command == ["validate"] for r in s.references()}
+    assert set(exports) <= validated
+
+
+def test_quickstart_covers_classifier_gan_and_autoencoder():
+    pipeline = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "quickstart.yaml")
+    commands = [" ".join(s.command) for s in pipeline.stages]
+    for needed in ("finetune", "gan train", "ae train", "gan sample"):
+        assert needed in commands
+    assert commands.count("export") == 3 and commands.count("validate") == 3
