@@ -87,3 +87,49 @@ def test_sigkill_then_resume_is_bit_identical(cli, argv, epochs, command) -> Non
     _assert_same_weights(ck, run / "straight" / "checkpoints" / "last.safetensors")
     epochs_logged = [r.split(",")[0] for r in (ck.parents[1] / "metrics.csv").read_text().split()]
     assert epochs_logged[1:] == [str(e) for e in range(1, epochs + 1)]  # no duplicated rows
+
+
+def test_ctrl_c_saves_mid_epoch_checkpoint_and_says_how_to_resume(cli) -> None:
+    full = [*AE, *COMMON, "--epochs", "3"]
+    ck = Path("runs/ae/ctrlc/checkpoints/last.safetensors")
+    proc = _spawn([*full, "--name", "ctrlc"])
+    _wait_for(ck, proc)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = " ".join(err.decode().split())  # rich wraps to the terminal width
+    assert proc.returncode == 130, err
+    assert "dlpipe ae train --resume --name ctrlc" in err and "Traceback" not in err
+    saved = load_checkpoint(ck)
+    assert 1 <= saved.state["epoch"] <= 3
+    resumed = cli("ae", "train", "--resume", "--name", "ctrlc", "--device", "cpu", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert cli(*full, "--name", "straight").exit_code == 0
+    _assert_same_weights(ck, Path("runs/ae/straight/checkpoints/last.safetensors"))
+
+
+def test_ctrl_c_in_process_before_the_first_epoch_ends(cli, monkeypatch) -> None:
+    """The flag path itself: a Ctrl-C at the first step saves a resumable mid-epoch checkpoint."""
+    from dlpipe.train import gan_loop
+
+    real_step = gan_loop.train_step
+
+    def step_then_ctrl_c(s, real):
+        values = real_step(s, real)
+        if s.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
+        return values
+
+    monkeypatch.setattr(gan_loop, "train_step", step_then_ctrl_c)
+    full = [*GAN, *COMMON, "--epochs", "1"]
+    res = cli(*full, "--name", "cut")
+    assert res.exit_code == 130
+    assert "--resume --name cut" in res.stderr
+    ck = load_checkpoint("runs/gan/cut/checkpoints/last.safetensors")
+    assert ck.state["epoch"] == 0 and ck.state["partial"]["n"] == 3
+    monkeypatch.setattr(gan_loop, "train_step", real_step)
+    assert cli("gan", "train", "--resume", "--name", "cut", "--quiet").exit_code == 0
+    assert cli(*full, "--name", "straight").exit_code == 0
+    _assert_same_weights(
+        Path("runs/gan/cut/checkpoints/last.safetensors"),
+        Path("runs/gan/straight/checkpoints/last.safetensors"),
+    )

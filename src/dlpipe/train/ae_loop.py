@@ -20,6 +20,7 @@ from ..runtime import rng_state, set_rng_state
 from .ae_parts import add_noise, evaluate, save_triplets
 from .autoencoder import AeConfig
 from .gan_data import ImageData, batches
+from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint
 
 
 @dataclass
@@ -35,6 +36,7 @@ class AeState:
     epoch: int = 0
     step: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    partial: dict[str, Any] | None = None  # a Ctrl-C mid-epoch: perm, steps done, loss sum
 
     @classmethod
     def create(
@@ -57,6 +59,7 @@ class AeState:
         self.opt.load_state_dict(ck.state["opt"])
         self.epoch, self.step = int(ck.state["epoch"]), int(ck.state["step"])
         self.metrics = dict(ck.meta.get("metrics", {}))
+        self.partial = ck.state.get("partial")
         set_rng_state(ck.state["rng"])
 
     def save(self, path: Path, data: ImageData) -> Path:
@@ -72,6 +75,8 @@ class AeState:
             "epoch": self.epoch, "step": self.step, "opt": self.opt.state_dict(),
             "rng": rng_state(),
         }  # fmt: skip
+        if self.partial is not None:
+            state["partial"] = self.partial
         return save_checkpoint(path, {"model": self.model.state_dict()}, meta, state)
 
 
@@ -82,13 +87,21 @@ def _loss(raw: torch.Tensor, clean: torch.Tensor, kind: str) -> torch.Tensor:
     return F.mse_loss(raw, clean)
 
 
-def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any) -> float:
-    """One pass over the training pixels with fresh noise per batch; returns the mean loss."""
+def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any, stop: StopFlag) -> float:
+    """One pass over the training pixels (or the rest of one cut by Ctrl-C) with fresh noise per
+    batch; returns the mean loss. After Ctrl-C, records where it stopped and raises Interrupted."""
     s.model.train()
-    perm = torch.randperm(len(pixels))
-    total = torch.zeros((), device=s.device)
+    cut, s.partial = s.partial, None
+    perm = cut["perm"] if cut else torch.randperm(len(pixels))
+    total = cut["total"].to(s.device) if cut else torch.zeros((), device=s.device)
+    done = int(cut["n"]) if cut else 0
     spans = batches(len(pixels), s.cfg.batch_size)
-    for a, b in spans:
+    for index, (a, b) in enumerate(spans):
+        if index < done:  # done before the Ctrl-C
+            continue
+        if stop.requested:
+            s.partial = {"perm": perm, "total": total, "n": index}
+            raise Interrupted
         clean = pixels[perm[a:b].to(pixels.device)].float().div_(255.0)
         raw = s.model.decoder.raw(s.model.encoder(add_noise(clean, s.noise)))
         loss = _loss(raw, clean, s.cfg.loss)
@@ -113,26 +126,41 @@ def run_epochs(
     """Train from the state's epoch to cfg.epochs; validate and checkpoint after every epoch."""
     pixels = torch.from_numpy(train).to(s.device)
     total = len(batches(len(pixels), s.cfg.batch_size)) * (s.cfg.epochs - s.epoch)
-    with out.progress("ae train", total) as advance:
-        for epoch in range(s.epoch + 1, s.cfg.epochs + 1):
-            t0 = time.perf_counter()
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": run_epoch(s, pixels, epoch, advance),
-            }
-            row["train_seconds"] = time.perf_counter() - t0
-            row["images_per_s"] = len(pixels) / max(row["train_seconds"], 1e-9)
-            if len(val):
-                ev = evaluate(s.model, val, s.noise, s.device, seed=s.cfg.seed + 1)
-                examples = ev.pop("_examples")
-                row |= {f"val_{k}": v for k, v in ev.items()}
-                save_triplets(examples, run.path / "samples" / f"epoch_{epoch:03d}.png")
-            s.epoch, s.metrics = epoch, row
-            run.append_metrics(row)
+    with out.progress("ae train", total) as advance, catch_sigint() as stop:
+        try:
+            _epochs(s, pixels, val, data, run, out, advance, stop)
+        except Interrupted:
             s.save(run.checkpoint("last"), data)
-            shown = f", val PSNR {row['val_psnr_db']:.2f} dB" if "val_psnr_db" in row else ""
-            run.log(f"epoch {epoch}: train_loss {row['train_loss']:.5f}{shown}")
-            out.print(f"epoch {epoch}/{s.cfg.epochs}: loss {row['train_loss']:.5f}{shown}")
+            out.warn(resume_hint("ae train", run.path, s.epoch, s.step))
+            raise KeyboardInterrupt from None
+
+
+def _epochs(
+    s: AeState, pixels: Any, val: np.ndarray, data: ImageData, run: RunDir, out: Any,
+    advance: Any, stop: StopFlag,
+) -> None:  # fmt: skip
+    """The epoch loop of `run_epochs`; Ctrl-C surfaces as Interrupted at a step boundary."""
+    for epoch in range(s.epoch + 1, s.cfg.epochs + 1):
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": run_epoch(s, pixels, epoch, advance, stop),
+        }
+        row["train_seconds"] = time.perf_counter() - t0
+        row["images_per_s"] = len(pixels) / max(row["train_seconds"], 1e-9)
+        if len(val):
+            ev = evaluate(s.model, val, s.noise, s.device, seed=s.cfg.seed + 1)
+            examples = ev.pop("_examples")
+            row |= {f"val_{k}": v for k, v in ev.items()}
+            save_triplets(examples, run.path / "samples" / f"epoch_{epoch:03d}.png")
+        s.epoch, s.metrics = epoch, row
+        run.append_metrics(row)
+        s.save(run.checkpoint("last"), data)
+        shown = f", val PSNR {row['val_psnr_db']:.2f} dB" if "val_psnr_db" in row else ""
+        run.log(f"epoch {epoch}: train_loss {row['train_loss']:.5f}{shown}")
+        out.print(f"epoch {epoch}/{s.cfg.epochs}: loss {row['train_loss']:.5f}{shown}")
+        if epoch < s.cfg.epochs:
+            stop.check()  # Ctrl-C during validation: the epoch's checkpoint is written
 
 
 def final_outputs(

@@ -29,6 +29,7 @@ from .gan_eval import (
     save_grid,
     to_uint8,
 )
+from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint
 
 
 @dataclass
@@ -51,6 +52,7 @@ class GanState:
     g_export: nn.Module | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     quality: QualityMeter | None = None
+    partial: dict[str, Any] | None = None  # a Ctrl-C mid-epoch: perm, steps done, loss sums
 
     @classmethod
     def create(cls, cfg: GanConfig, data: ImageData, device: Any) -> GanState:
@@ -86,6 +88,7 @@ class GanState:
         self.epoch, self.step = int(ck.state["epoch"]), int(ck.state["step"])
         self.streak, self.warned = int(ck.state["streak"]), bool(ck.state["warned"])
         self.metrics = dict(ck.meta.get("metrics", {}))
+        self.partial = ck.state.get("partial")
         set_rng_state(ck.state["rng"])
 
     def meta(self, data: ImageData) -> dict[str, Any]:
@@ -100,8 +103,9 @@ class GanState:
 
     def save(self, path: Path, data: ImageData) -> Path:
         """Atomically write the checkpoint: exportable G, raw G, D (and EMA), optimizers, RNG."""
+        export = self.g_export if self.g_export is not None else self.g  # Ctrl-C in epoch 1
         weights = {
-            "generator": self.g_export.state_dict(),
+            "generator": export.state_dict(),
             "g_train": self.g.state_dict(),
             "discriminator": self.d.state_dict(),
         }
@@ -112,6 +116,8 @@ class GanState:
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "fixed_noise": self.fixed_noise, "rng": rng_state(),
         }  # fmt: skip
+        if self.partial is not None:
+            state["partial"] = self.partial
         return save_checkpoint(path, weights, self.meta(data), state)
 
 
@@ -171,13 +177,22 @@ def _check_step(s: GanState, values: list[float], epoch: int, index: int, out: A
         )
 
 
-def run_epoch(s: GanState, pixels: torch.Tensor, epoch: int, out: Any, advance: Any) -> dict:
-    """One pass over the training pixels; returns the epoch's mean losses and D outputs."""
+def run_epoch(
+    s: GanState, pixels: torch.Tensor, epoch: int, out: Any, advance: Any, stop: StopFlag
+) -> dict:
+    """One pass over the training pixels (or the rest of one cut by Ctrl-C); returns the epoch's
+    mean losses and D outputs. After Ctrl-C, records where it stopped and raises Interrupted."""
     s.g.train()
     s.d.train()
-    perm = torch.randperm(len(pixels))
-    sums, n = [0.0, 0.0, 0.0, 0.0], 0
+    cut, s.partial = s.partial, None
+    perm = cut["perm"] if cut else torch.randperm(len(pixels))
+    sums, n = (list(cut["sums"]), int(cut["n"])) if cut else ([0.0, 0.0, 0.0, 0.0], 0)
     for index, (a, b) in enumerate(batches(len(pixels), s.cfg.batch_size)):
+        if index < n:  # done before the Ctrl-C
+            continue
+        if stop.requested:
+            s.partial = {"perm": perm, "sums": sums, "n": n}
+            raise Interrupted
         real = pixels[perm[a:b].to(pixels.device)].float().div_(127.5).sub_(1.0)
         values = train_step(s, real).tolist()
         _check_step(s, values, epoch, index, out)
@@ -208,28 +223,42 @@ def run_epochs(s: GanState, data: ImageData, run: RunDir, out: Any) -> None:
     """Train from the state's epoch to cfg.epochs, checkpointing after every epoch."""
     pixels = torch.from_numpy(data.train).to(s.device)
     total = len(batches(len(pixels), s.cfg.batch_size)) * (s.cfg.epochs - s.epoch)
-    with out.progress("gan train", total) as advance:
-        for epoch in range(s.epoch + 1, s.cfg.epochs + 1):
-            t0 = time.perf_counter()
-            row = run_epoch(s, pixels, epoch, out, lambda n, info: advance(0, info=info))
-            train_s = time.perf_counter() - t0
-            advance(row["steps"])
-            row = {"epoch": epoch, "step": s.step, **row}
-            row |= {"train_seconds": train_s, "images_per_s": len(pixels) / max(train_s, 1e-9)}
-            t1 = time.perf_counter()
-            row |= _evaluate(s, data, run, epoch)
-            row["eval_seconds"] = time.perf_counter() - t1
-            s.epoch = epoch
-            s.metrics = {k: v for k, v in row.items() if k != "steps"}
-            run.append_metrics(s.metrics)
+    with out.progress("gan train", total) as advance, catch_sigint() as stop:
+        try:
+            _epochs(s, data, run, out, pixels, advance, stop)
+        except Interrupted:
             s.save(run.checkpoint("last"), data)
-            fd = f", {FD_KEY} {row[FD_KEY]:.2f}" if FD_KEY in row else ""
-            run.log(f"epoch {epoch}: loss_d {row['loss_d']:.4f} loss_g {row['loss_g']:.4f}{fd}")
-            out.print(
-                f"epoch {epoch}/{s.cfg.epochs}: loss_d {row['loss_d']:.3f} "
-                f"loss_g {row['loss_g']:.3f} D(x) {row['d_x']:.2f} D(G(z)) {row['d_g_z']:.2f}"
-                f" ({row['images_per_s']:.0f} img/s){fd}"
-            )
+            out.warn(resume_hint("gan train", run.path, s.epoch, s.step))
+            raise KeyboardInterrupt from None
+
+
+def _epochs(
+    s: GanState, data: ImageData, run: RunDir, out: Any, pixels: Any, advance: Any, stop: StopFlag
+) -> None:
+    """The epoch loop of `run_epochs`; Ctrl-C surfaces as Interrupted at a step boundary."""
+    for epoch in range(s.epoch + 1, s.cfg.epochs + 1):
+        t0 = time.perf_counter()
+        row = run_epoch(s, pixels, epoch, out, lambda n, info: advance(0, info=info), stop)
+        train_s = time.perf_counter() - t0
+        advance(row["steps"])
+        row = {"epoch": epoch, "step": s.step, **row}
+        row |= {"train_seconds": train_s, "images_per_s": len(pixels) / max(train_s, 1e-9)}
+        t1 = time.perf_counter()
+        row |= _evaluate(s, data, run, epoch)
+        row["eval_seconds"] = time.perf_counter() - t1
+        s.epoch = epoch
+        s.metrics = {k: v for k, v in row.items() if k != "steps"}
+        run.append_metrics(s.metrics)
+        s.save(run.checkpoint("last"), data)
+        fd = f", {FD_KEY} {row[FD_KEY]:.2f}" if FD_KEY in row else ""
+        run.log(f"epoch {epoch}: loss_d {row['loss_d']:.4f} loss_g {row['loss_g']:.4f}{fd}")
+        out.print(
+            f"epoch {epoch}/{s.cfg.epochs}: loss_d {row['loss_d']:.3f} "
+            f"loss_g {row['loss_g']:.3f} D(x) {row['d_x']:.2f} D(G(z)) {row['d_g_z']:.2f}"
+            f" ({row['images_per_s']:.0f} img/s){fd}"
+        )
+        if epoch < s.cfg.epochs:
+            stop.check()  # Ctrl-C during evaluation: the epoch's checkpoint is written
 
 
 def final_outputs(

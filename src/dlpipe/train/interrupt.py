@@ -1,0 +1,59 @@
+"""Ctrl-C during training: finish the current step, save a checkpoint, say how to resume.
+
+The first SIGINT only sets a flag that the training loop checks between steps (a step is never cut
+in half, so the saved optimizer, weights and RNG agree); a second SIGINT interrupts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class Interrupted(Exception):
+    """Raised by the loop at a step boundary after Ctrl-C; the caller saves and re-raises."""
+
+
+class StopFlag:
+    """Set by the first Ctrl-C; `check()` raises `Interrupted` once it is set."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def check(self) -> None:
+        """Raise `Interrupted` when Ctrl-C was pressed."""
+        if self.requested:
+            raise Interrupted
+
+
+@contextlib.contextmanager
+def catch_sigint() -> Iterator[StopFlag]:
+    """Turn the first Ctrl-C into a flag while the block runs (main thread only; else a no-op)."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        flag.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: stop now
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def resume_hint(command: str, run_path: Path, epoch: int, step: int) -> str:
+    """The message printed after a Ctrl-C checkpoint."""
+    runs_dir = run_path.parent.parent
+    where = "" if runs_dir == Path("runs") else f" --runs-dir {runs_dir}"
+    return (
+        f"interrupted after {epoch} complete epoch(s), at step {step}; checkpoint saved to "
+        f"{run_path / 'checkpoints' / 'last.safetensors'}. Continue with: "
+        f"dlpipe {command} --resume --name {run_path.name}{where}"
+    )
