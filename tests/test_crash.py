@@ -133,3 +133,47 @@ def test_ctrl_c_in_process_before_the_first_epoch_ends(cli, monkeypatch) -> None
         Path("runs/gan/cut/checkpoints/last.safetensors"),
         Path("runs/gan/straight/checkpoints/last.safetensors"),
     )
+
+
+PIPELINE = """\
+name: soak
+runs_dir: runs
+stages:
+  - name: data
+    command: data export
+    args: [digits, out/digits]
+    limit: 20
+    force: true
+  - name: train
+    command: ae train
+    data: digits
+    width: 4
+    latent: 4
+    batch_size: 16
+    limit: 160
+    epochs: 3
+    device: cpu
+    deterministic: true
+"""
+
+
+def test_pipeline_rerun_after_kill_resumes_the_cut_stage(cli) -> None:
+    Path("p.yaml").write_text(PIPELINE)
+    ck = Path("runs/ae/soak-train/checkpoints/last.safetensors")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dlpipe", "run", "p.yaml", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    _wait_for(ck, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    res = cli("run", "p.yaml", "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    from tests.conftest import parse_json
+
+    rows = {r["stage"]: r["status"] for r in parse_json(res.stdout)["stages"]}
+    assert rows == {"data": "skipped", "train": "ok"}
+    assert "resumed runs/ae/soak-train after epoch" in " ".join(res.stderr.split()), res.stderr
+    assert load_checkpoint(ck).state["epoch"] == 3
+    logged = [r.split(",")[0] for r in (ck.parents[1] / "metrics.csv").read_text().split()]
+    assert logged[1:] == ["1", "2", "3"]

@@ -138,6 +138,19 @@ def _metrics_of(result: dict[str, Any] | None) -> dict[str, Any]:
     return shown or {k: v for k, v in list(metrics.items())[:3] if isinstance(v, int | float)}
 
 
+def _resume_args(stage: Stage, argv: list[str], last: dict[str, Any], fp: str) -> list[str]:
+    """`--resume` for a training stage that was killed or Ctrl-C'd with the same command line and
+    left a checkpoint: the re-run continues it instead of starting it again."""
+    cut = last.get("status") == "running" or last.get("exit_code") == 130
+    if not cut or last.get("fingerprint") != fp or "--resume" in argv:
+        return []
+    if option_param(command_for(stage.command), "resume") is None or "--name" not in argv:
+        return []
+    runs = argv[argv.index("--runs-dir") + 1] if "--runs-dir" in argv else "runs"
+    run = Path(runs) / stage.command[0] / argv[argv.index("--name") + 1]
+    return ["--resume"] if (run / "checkpoints" / "last.safetensors").exists() else []
+
+
 def run_pipeline(
     pipeline: Pipeline,
     only: str | None = None,
@@ -183,9 +196,12 @@ def run_pipeline(
             rows.append({**row, "status": "would run", "seconds": 0.0, "metrics": {}})
             echo(f"[cyan]plan[/] {stage.name}: {row['command']}")
             continue
-        echo(f"[bold]run[/] {stage.name}: {row['command']}")
+        resume = _resume_args(stage, argv, last, fp)
+        echo(f"[bold]{'resume' if resume else 'run'}[/] {stage.name}: {row['command']}")
+        state[stage.name] = {"status": "running", "fingerprint": fp}  # a kill leaves this behind
+        write_text(folder / "state.json", json.dumps(state, indent=2) + "\n")
         started = time.perf_counter()
-        code, result = invoke(argv)
+        code, result = invoke(argv + resume)
         seconds = round(time.perf_counter() - started, 1)
         status = "ok" if code == 0 else "failed"
         state[stage.name] = {
