@@ -86,12 +86,12 @@ def train(
     """
     from ..runs import create_run_dir
     from ..train.autoencoder import AeConfig, train_autoencoder
-    from .gan import resume_run
+    from .gan import config_from_run, resume_run
 
     out = Output(json_out, quiet)
     if resume:
         run = resume_run("ae", name, runs_dir)
-        cfg = AeConfig(**run.read_config())
+        cfg = config_from_run(AeConfig, run)
         cfg.epochs = epochs or cfg.epochs
         cfg.device = device
     else:

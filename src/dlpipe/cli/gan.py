@@ -52,7 +52,39 @@ def resume_run(command_name: str, name: str | None, runs_dir: Path):  # noqa: AN
             + command_name
             + "/), or drop --resume.",
         )
+    _same_command(run.checkpoint("last"), command_name)
     return run
+
+
+def _same_command(path: Path, command_name: str) -> None:
+    """Refuse to resume a checkpoint that another command (or architecture) wrote."""
+    from ..checkpoint import read_meta
+    from ..errors import BadInput
+
+    made_by = read_meta(path).get("command")
+    if made_by != command_name:
+        raise BadInput(
+            f"--resume: {path} was written by `dlpipe {made_by}`, not `dlpipe {command_name} "
+            "train`, so it cannot be continued here.",
+            hint=f"Resume it with the command that made it, or pass --name of a {command_name} run.",
+        )
+
+
+def config_from_run(cls: type, run) -> object:  # noqa: ANN001 - RunDir
+    """The run's saved options as `cls`, refusing (not crashing on) a foreign config.yaml."""
+    import dataclasses
+
+    from ..errors import BadInput
+
+    saved = run.read_config()
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise BadInput(
+            f"--resume: {run.path / 'config.yaml'} has options this command does not know "
+            f"({', '.join(unknown[:5])}); it belongs to another command or dlpipe version.",
+            hint="Resume it with the command that made it, or start a new run with a new --name.",
+        )
+    return cls(**saved)
 
 
 @app.command("train")
@@ -122,7 +154,7 @@ def train(
     out = Output(json_out, quiet)
     if resume:
         run = resume_run("gan", name, runs_dir)
-        cfg = GanConfig(**run.read_config())
+        cfg = config_from_run(GanConfig, run)
         cfg.epochs = epochs or cfg.epochs
         cfg.device = device
     else:

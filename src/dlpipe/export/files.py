@@ -73,8 +73,11 @@ def save_model(
     """
     import onnx
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise write_error(target, exc) from None
     try:
         tmp = tmpdir / target.name
         onnx.save_model(
@@ -97,8 +100,29 @@ def save_model(
         _fsync(tmp)
         os.replace(tmp, target)
         return written
+    except OSError as exc:  # disk full, folder not writable: the previous export is untouched
+        raise write_error(target, exc) from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def write_error(target: Path, exc: OSError) -> Exception:
+    """A failed write as one clear message: exit 3 for a full disk, 2 for an unusable place."""
+    import errno
+
+    from ..errors import EnvironmentProblem
+
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return EnvironmentProblem(
+            f"Cannot write {target}: {reason}. Nothing was written; an earlier file there is "
+            "unchanged.",
+            hint="Free some disk space (or pick another --out) and run the command again.",
+        )
+    return BadInput(
+        f"Cannot write {target}: {reason}. Nothing was written.",
+        hint="Choose a writable folder with --out.",
+    )
 
 
 def _fsync(path: Path) -> None:
