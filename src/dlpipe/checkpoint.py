@@ -96,28 +96,10 @@ def save_checkpoint(
         _STATE_KEY: json.dumps(state_json),
         "dlpipe.groups": json.dumps(sorted(weights)),
     }
-    try:
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
-        write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    except OSError as exc:  # disk full, folder gone: the previous checkpoint is still whole
-        raise _write_error(path, exc) from None
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
-
-
-def _write_error(path: Path, exc: OSError) -> Exception:
-    """A failed checkpoint write as one clear message (exit 3 when the disk is full)."""
-    import errno
-
-    from .errors import EnvironmentProblem
-
-    reason = exc.strerror or str(exc)
-    cls = EnvironmentProblem if exc.errno in (errno.ENOSPC, errno.EDQUOT) else BadInput
-    return cls(
-        f"Cannot write checkpoint {path}: {reason}. The previous checkpoint there (if any) is "
-        "unchanged.",
-        hint="Free some disk space or choose a writable --runs-dir, then continue with --resume.",
-    )
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

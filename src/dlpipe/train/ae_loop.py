@@ -20,7 +20,7 @@ from ..runtime import rng_state, set_rng_state
 from .ae_parts import add_noise, evaluate, save_triplets
 from .autoencoder import AeConfig
 from .gan_data import ImageData, batches
-from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint
+from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
 
 
 @dataclass
@@ -77,7 +77,8 @@ class AeState:
         }  # fmt: skip
         if self.partial is not None:
             state["partial"] = self.partial
-        return save_checkpoint(path, {"model": self.model.state_dict()}, meta, state)
+        weights = {"model": self.model.state_dict()}
+        return save_or_explain(lambda: save_checkpoint(path, weights, meta, state), path)
 
 
 def _loss(raw: torch.Tensor, clean: torch.Tensor, kind: str) -> torch.Tensor:

@@ -29,7 +29,7 @@ from .gan_eval import (
     save_grid,
     to_uint8,
 )
-from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint
+from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
 
 
 @dataclass
@@ -118,7 +118,7 @@ class GanState:
         }  # fmt: skip
         if self.partial is not None:
             state["partial"] = self.partial
-        return save_checkpoint(path, weights, self.meta(data), state)
+        return save_or_explain(lambda: save_checkpoint(path, weights, self.meta(data), state), path)
 
 
 def train_step(s: GanState, real: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Ctrl-C during training: finish the current step, save a checkpoint, say how to resume.
+"""Ctrl-C and full disks during training: save (or keep) a checkpoint and say how to resume.
 
 The first SIGINT only sets a flag that the training loop checks between steps (a step is never cut
 in half, so the saved optimizer, weights and RNG agree); a second SIGINT interrupts at once.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -57,3 +57,20 @@ def resume_hint(command: str, run_path: Path, epoch: int, step: int) -> str:
         f"{run_path / 'checkpoints' / 'last.safetensors'}. Continue with: "
         f"dlpipe {command} --resume --name {run_path.name}{where}"
     )
+
+
+def save_or_explain(save: Callable[[], Path], path: Path) -> Path:
+    """Run a checkpoint save; a failed write (disk full, folder gone) becomes one clear error."""
+    import errno
+
+    from ..errors import BadInput, EnvironmentProblem
+
+    try:
+        return save()
+    except OSError as exc:  # the atomic write left the previous checkpoint whole
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise (EnvironmentProblem if full else BadInput)(
+            f"Cannot write checkpoint {path}: {exc.strerror or exc}. The previous checkpoint "
+            "there (if any) is unchanged.",
+            hint="Free some disk space or choose a writable --runs-dir, then continue with --resume.",
+        ) from None
