@@ -177,3 +177,18 @@ def test_pipeline_rerun_after_kill_resumes_the_cut_stage(cli) -> None:
     assert load_checkpoint(ck).state["epoch"] == 3
     logged = [r.split(",")[0] for r in (ck.parents[1] / "metrics.csv").read_text().split()]
     assert logged[1:] == ["1", "2", "3"]
+
+
+def test_ctrl_c_in_finetune_keeps_the_epoch_checkpoint_and_says_how_to_resume(cli) -> None:
+    ck = Path("runs/finetune/ft/checkpoints/last.safetensors")
+    proc = _spawn([*FINETUNE, *COMMON, "--epochs", "200", "--name", "ft"])
+    _wait_for(ck, proc)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = " ".join(err.decode().split())
+    assert proc.returncode == 130, err
+    assert "Continue with: dlpipe finetune --resume --name ft" in err and "Traceback" not in err
+    done = int(load_checkpoint(ck).state["epoch"])
+    resumed = cli("finetune", "--resume", "--name", "ft", "--epochs", str(done + 1), "-q")
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(ck).state["epoch"] == done + 1

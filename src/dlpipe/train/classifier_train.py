@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from ..errors import BadInput
 from ..runtime import rng_state
 from .classifier_loop import NanLoss, StepPlan, evaluate, train_epoch, train_mode
 from .classifier_session import Session
+from .interrupt import save_or_explain
 from .optim import trainable
 
 
@@ -68,11 +70,29 @@ def save(s: Session, name: str, metrics: dict[str, Any] | None = None) -> None:
         "rng": rng_state(),
         "best": s.best,
     }
-    save_checkpoint(s.run.checkpoint(name), {"model": s.model.state_dict()}, meta_of(s, metrics),
-                    state)  # fmt: skip
+    path, weights = s.run.checkpoint(name), {"model": s.model.state_dict()}
+    save_or_explain(lambda: save_checkpoint(path, weights, meta_of(s, metrics), state), path)
 
 
 def train_all(s: Session) -> None:
+    """Run the remaining epochs; on Ctrl-C keep the last epoch's checkpoint and say how to resume."""
+    try:
+        _train_epochs(s)
+    except KeyboardInterrupt:
+        last = s.run.checkpoint("last")
+        if last.exists():
+            s.out.warn(
+                f"interrupted in epoch {s.epoch + 1}; the checkpoint of epoch {s.epoch} is kept in "
+                f"{last}. Continue with: dlpipe finetune --resume --name {s.run.path.name}"
+                + ("" if s.run.path.parent.parent == Path("runs") else
+                   f" --runs-dir {s.run.path.parent.parent}")
+            )  # fmt: skip
+        else:
+            s.out.warn("interrupted before the first epoch finished; there is nothing to resume.")
+        raise
+
+
+def _train_epochs(s: Session) -> None:
     """Run the remaining epochs; stop early on patience, fail clearly on a non-finite loss."""
     c = s.cfg
     steps_per_epoch = math.ceil(len(s.data.train) / c.batch_size)
