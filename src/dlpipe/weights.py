@@ -152,7 +152,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refusals, truncation, wrong format: all the user's file
         raise BadInput(
-            f"--weights {p} could not be read as a state dict ({str(exc).splitlines()[0][:200]}).",
+            f"--weights {p} could not be read as a state dict ({_load_reason(exc)}).",
             hint="dlpipe only reads plain tensor files (torch.save(model.state_dict()) or safetensors).",
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
@@ -352,3 +352,14 @@ def import_checked(path: str | Path, backbone: str) -> tuple[Path, str]:
 
     build_classifier(backbone, 2, weights=from_path(str(path)))  # keys and shapes, or a clear error
     return import_file(path, Path(w.url).name), w.name
+
+
+def _load_reason(exc: Exception) -> str:
+    """torch.load's refusal in one short clause (its message is long, with terminal escapes)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds pickled Python objects ({found.group(1)}), which are never unpickled"
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
