@@ -95,7 +95,9 @@ def test_pickles_are_refused_without_unpickling(cli) -> None:
     assert res.exit_code == 2
     _said(
         res,
-        "--weights evil.pth could not be read as a state dict (it holds pickled Python objects (builtins.open), which are never unpickled)",
+        "--weights evil.pth could not be read as a state dict",
+        "it holds pickled Python objects (",
+        "which are never unpickled",
     )
     assert not Path("pwned.txt").exists()  # nothing was unpickled
 
