@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dlpipe.errors import BadInput, EnvironmentProblem
@@ -59,3 +61,24 @@ def test_doctor_json_reports_providers_that_really_run(cli):
     assert report["torch"] and report["datasets"]["mnist5k"] is True
     assert report["onnxruntime_conflict"] is False
     assert result.exit_code == 0
+
+
+def test_training_lists_skipped_files_in_the_run_folder(cli, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "flat"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(data / f"{i}.png")
+    (data / "broken.png").write_bytes(b"not a png")
+    (data / "notes.txt").write_text("x")
+    result = cli(
+        "ae", "train", "--data", data, "--epochs", "1", "--image-size", "8", "--json", "--quiet"
+    )
+    assert result.exit_code == 0, result.output
+    run_dir = parse_json(result.stdout)["run_dir"]
+    listed = (Path(run_dir) / "skipped.txt").read_text()  # run_dir is relative to the test's cwd
+    assert "broken.png" in listed and "notes.txt" in listed
+    assert "skipped 2 unusable file(s)" in result.stderr

@@ -88,6 +88,19 @@ class RunDir:
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
+    def report_skipped(self, skipped: list[tuple[str, str]], out: Any = None) -> Path | None:
+        """List unusable input files in skipped.txt (and warn on screen); None when there were none."""
+        if not skipped:
+            return None
+        if out is not None:
+            shown = "; ".join(f"{f} ({why})" for f, why in skipped[:3])
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            out.warn(
+                f"skipped {len(skipped)} unusable file(s): {shown}{more}; list in {self.path / 'skipped.txt'}"
+            )
+        lines = "".join(f"{f}\t{why}\n" for f, why in skipped)
+        return write_text(self.path / "skipped.txt", "file\treason\n" + lines)
+
     def write_json(self, name: str, data: Any) -> Path:
         """Atomically write a JSON file inside the run folder."""
         return write_text(self.path / name, json.dumps(_plain(data), indent=2) + "\n")

@@ -58,6 +58,7 @@ def train_autoencoder(
         cfg.data, cfg.data_root, cfg.strict, cfg.image_size, cfg.val_fraction,
         cfg.test_fraction, cfg.seed, cfg.limit, 0.0, 1.0, out,
     )  # fmt: skip
+    run.report_skipped(data.skipped, out)
     train, val = data.train, data.val
     out.print(f"{data.summary}; train {len(train)}, val {len(val)}, test {len(data.heldout)}")
     state = AeState.create(cfg, data, device, noise)

@@ -87,6 +87,7 @@ class Session:
         device = resolve_device(cfg.device)
         seed_everything(cfg.seed, cfg.deterministic)
         data = Data.open(cfg)
+        run.report_skipped(data.ds.skipped, out)
         ckpt = load_checkpoint(run.checkpoint("last")) if resume else None
         if resume and not run.checkpoint("last").exists():
             raise BadInput(f"Nothing to resume in {run.path}.", hint="Start it without --resume.")

@@ -70,6 +70,7 @@ def train_gan(
         cfg.data, cfg.data_root, cfg.strict, cfg.image_size, cfg.val_fraction,
         cfg.test_fraction, cfg.seed, cfg.limit, 0.5, 0.5, out,
     )  # fmt: skip
+    run.report_skipped(data.skipped, out)
     out.print(f"{data.summary}; training on {len(data.train)}, held out {len(data.heldout)}")
     state = GanState.create(cfg, data, device)
     if resume:

@@ -42,6 +42,7 @@ class ImageData:
     channels: int
     data_meta: dict[str, Any]
     summary: str
+    skipped: list[tuple[str, str]]  # unusable files of the source: (path, reason)
 
 
 def _pick_size(requested: int | None, native: int) -> int:
@@ -71,8 +72,6 @@ def load_image_data(
 ) -> ImageData:
     """Open a source, split it (held-out = split.test), and decode both parts to uint8 arrays."""
     ds = open_source(source, data_root=data_root, strict=strict)
-    for path, why in ds.skipped[:5]:
-        out.warn(f"skipped {path}: {why}")
     h, w = ds.image_size()
     size = _pick_size(image_size, min(h, w))
     c = ds.channels
@@ -96,7 +95,7 @@ def load_image_data(
         "heldout_images": int(len(heldout)),
         "val_images": int(len(val)),
     }
-    return ImageData(train, heldout, val, pre, size, c, meta, ds.summary())
+    return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped)
 
 
 def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
