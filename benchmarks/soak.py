@@ -6,7 +6,7 @@ metrics.csv has each epoch exactly once (a resumed run appended nothing twice), 
 are left beside the checkpoint, and the ONNX file passes onnx.checker and runs in onnxruntime
 with finite output. The baseline printed beside it is the uninterrupted wall time of one run.
 
-    .venv/bin/python benchmarks/soak.py --runs 50            # the full soak (about 40 min here)
+    .venv/bin/python benchmarks/soak.py --runs 50            # the full soak (about 20 min here)
     .venv/bin/python benchmarks/soak.py --runs 8 --out benchmarks/results/soak.md
 """
 
