@@ -120,7 +120,7 @@ def test_ctrl_c_in_process_before_the_first_epoch_ends(cli, monkeypatch) -> None
         return values
 
     monkeypatch.setattr(gan_loop, "train_step", step_then_ctrl_c)
-    full = [*GAN, *COMMON, "--epochs", "1"]
+    full = [*GAN, *COMMON, "--epochs", "1", "--limit", "64"]  # 4 steps: cut after the 3rd
     res = cli(*full, "--name", "cut")
     assert res.exit_code == 130
     assert "--resume --name cut" in res.stderr
