@@ -28,7 +28,8 @@ def stages(image_size: int) -> tuple[int, int]:
         k += 1
     if k < 1 or not 3 <= side <= 7:
         raise BadInput(
-            f"--image-size {image_size} does not fit a DCGAN (needs base * 2^k with base 3..7).",
+            f"--image-size {image_size} does not fit the strided-convolution stack of the DCGAN "
+            "and autoencoder models (it must be a side of 3..7 pixels doubled at least once).",
             hint="Use 28, 32 or 64 (or 8, 16, 48, 56, 128).",
         )
     return side, k
