@@ -101,6 +101,16 @@ class RunDir:
         lines = "".join(f"{f}\t{why}\n" for f, why in skipped)
         return write_text(self.path / "skipped.txt", "file\treason\n" + lines)
 
+    def write_result(self, artifacts: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+        """The command's result (`run_dir`, `artifacts`, `metrics`), also saved as results.json."""
+        result = {
+            "run_dir": str(self.path),
+            "artifacts": {k: str(v) for k, v in artifacts.items() if v},
+            "metrics": metrics,
+        }
+        self.write_json("results.json", result)
+        return result
+
     def write_json(self, name: str, data: Any) -> Path:
         """Atomically write a JSON file inside the run folder."""
         return write_text(self.path / name, json.dumps(_plain(data), indent=2) + "\n")

@@ -187,10 +187,4 @@ def final_outputs(
         "checkpoint": ck, "reconstructions": grid, "curves": curves,
         "metrics_csv": run.metrics_path, "grids": run.path / "samples",
     }  # fmt: skip
-    result = {
-        "run_dir": str(run.path),
-        "artifacts": {k: str(v) for k, v in artifacts.items() if v},
-        "metrics": metrics,
-    }
-    run.write_json("results.json", result)
-    return result
+    return run.write_result(artifacts, metrics)

@@ -288,10 +288,4 @@ def final_outputs(
         "metrics_csv": run.metrics_path,
         "grids": run.path / "samples",
     }
-    result = {
-        "run_dir": str(run.path),
-        "artifacts": {k: str(v) for k, v in artifacts.items() if v},
-        "metrics": metrics,
-    }
-    run.write_json("results.json", result)
-    return result
+    return run.write_result(artifacts, metrics)
