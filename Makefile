@@ -23,8 +23,13 @@ test: install
 demo: install
 	$(VENV)/bin/dlpipe run pipelines/quickstart.yaml
 
+# Each script measures dlpipe against a baseline side by side and writes benchmarks/results/.
+# Together they take about half an hour on 2 cores; the soak test (benchmarks/soak.py) is separate.
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_onnx_cpu.py
+	$(PY) benchmarks/bench_finetune.py
+	$(PY) benchmarks/bench_gan.py
+	$(PY) benchmarks/bench_ae.py --quickstart
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
