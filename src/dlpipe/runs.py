@@ -183,3 +183,25 @@ def resolve_run(ref: str | Path) -> RunDir:
             hint="Pass a folder under runs/<command>/, e.g. runs/finetune/exp.",
         )
     return RunDir(path)
+
+
+def run_to_resume(command: str, name: str | None, runs_dir: str | Path, display: str) -> RunDir:
+    """The run folder `--resume` continues (--name, else the latest run of `command`); it must hold
+    a last checkpoint written by that same command. `display` is the command as typed (`gan train`)."""
+    from .checkpoint import read_meta
+
+    base = Path(runs_dir) / command
+    run = RunDir(base / name) if name else latest_run(command, runs_dir)
+    if run is None or not run.checkpoint("last").exists():
+        raise BadInput(
+            f"--resume: no checkpoint to continue from in {run.path if run else base}.",
+            hint=f"Pass --name of an existing run (see {base}/), or drop --resume.",
+        )
+    made_by = read_meta(run.checkpoint("last")).get("command")
+    if made_by != command:
+        raise BadInput(
+            f"--resume: {run.checkpoint('last')} was written by `dlpipe {made_by}`, not `dlpipe {display}`, "
+            "so it cannot be continued here.",
+            hint=f"Resume it with the command that made it, or pass --name of a {command} run.",
+        )
+    return run

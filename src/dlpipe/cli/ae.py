@@ -84,13 +84,13 @@ def train(
 
     Example: dlpipe ae train --data mnist5k --noise gaussian:0.3
     """
-    from ..runs import create_run_dir
+    from ..runs import create_run_dir, run_to_resume
     from ..train.autoencoder import AeConfig, train_autoencoder
-    from .gan import config_from_run, resume_run
+    from .gan import config_from_run
 
     out = Output(json_out, quiet)
     if resume:
-        run = resume_run("ae", name, runs_dir)
+        run = run_to_resume("ae", name, runs_dir, "ae train")
         cfg = config_from_run(AeConfig, run)
         cfg.epochs = epochs or cfg.epochs
         cfg.device = device

@@ -166,20 +166,14 @@ def finetune(
 
 def _run_and_config(ctx: typer.Context, values: dict, runs_dir, name, exist_ok, resume):  # noqa: ANN001, ANN202
     """A fresh run folder, or on --resume the old one with its saved options (explicit flags win)."""
-    from ..errors import BadInput
-    from ..runs import RunDir, create_run_dir, latest_run
+    from ..runs import create_run_dir, run_to_resume
     from ..train.classifier import FinetuneConfig
 
     if not resume:
         return create_run_dir("finetune", name, runs_dir, exist_ok), FinetuneConfig.from_dict(
             values
         )
-    run = RunDir(runs_dir / "finetune" / name) if name else latest_run("finetune", runs_dir)
-    if run is None or not run.config_path.exists():
-        raise BadInput(
-            f"--resume: no finetune run {'named ' + name if name else ''} under {runs_dir}.",
-            hint="Pass --name of an existing run (see runs/finetune/), or drop --resume.",
-        )
+    run = run_to_resume("finetune", name, runs_dir, "finetune")
     saved = run.read_config()
     saved["stop_after"] = None  # an interruption is not an option to keep
     for key, value in values.items():

@@ -38,38 +38,6 @@ EpochsOrSavedOpt = Annotated[
 ]
 
 
-def resume_run(command_name: str, name: str | None, runs_dir: Path):  # noqa: ANN201 - RunDir
-    """The run folder --resume continues: --name under runs_dir/<command>, else the latest."""
-    from ..errors import BadInput
-    from ..runs import RunDir, latest_run
-
-    run = RunDir(runs_dir / command_name / name) if name else latest_run(command_name, runs_dir)
-    if run is None or not run.checkpoint("last").exists():
-        where = run.path if run else runs_dir / command_name
-        raise BadInput(
-            f"--resume: no checkpoint to continue from in {where}.",
-            hint="Pass --name of an existing run (see runs/"
-            + command_name
-            + "/), or drop --resume.",
-        )
-    _same_command(run.checkpoint("last"), command_name)
-    return run
-
-
-def _same_command(path: Path, command_name: str) -> None:
-    """Refuse to resume a checkpoint that another command (or architecture) wrote."""
-    from ..checkpoint import read_meta
-    from ..errors import BadInput
-
-    made_by = read_meta(path).get("command")
-    if made_by != command_name:
-        raise BadInput(
-            f"--resume: {path} was written by `dlpipe {made_by}`, not `dlpipe {command_name} "
-            "train`, so it cannot be continued here.",
-            hint=f"Resume it with the command that made it, or pass --name of a {command_name} run.",
-        )
-
-
 def config_from_run(cls: type, run) -> object:  # noqa: ANN001 - RunDir
     """The run's saved options as `cls`, refusing (not crashing on) a foreign config.yaml."""
     import dataclasses
@@ -148,12 +116,12 @@ def train(
 
     Example: dlpipe gan train --data mnist5k --epochs 20
     """
-    from ..runs import create_run_dir
+    from ..runs import create_run_dir, run_to_resume
     from ..train.gan import GanConfig, train_gan
 
     out = Output(json_out, quiet)
     if resume:
-        run = resume_run("gan", name, runs_dir)
+        run = run_to_resume("gan", name, runs_dir, "gan train")
         cfg = config_from_run(GanConfig, run)
         cfg.epochs = epochs or cfg.epochs
         cfg.device = device
