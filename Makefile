@@ -30,6 +30,7 @@ bench: install
 	$(PY) benchmarks/bench_finetune.py
 	$(PY) benchmarks/bench_gan.py
 	$(PY) benchmarks/bench_ae.py --quickstart
+	$(PY) benchmarks/bench_scaleout.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,86 @@ def test_two_gloo_processes_average_metrics(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][0]
     assert '"world": 2' in line and '"backend": "gloo"' in line and '"loss": 1.5' in line
+
+
+def _torchrun(script, nproc: int = 2, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", str(script)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_dist_batchnorm_equals_one_process_batchnorm(tmp_path):
+    """BatchNorm synced over 2 Gloo ranks (CPU, where torch has no SyncBatchNorm) computes what one
+    process computes on the whole batch: outputs, input and parameter gradients, running statistics.
+    The global batch of 7 splits unevenly (4 + 3 rows), as a trailing batch does."""
+    script = tmp_path / "bn.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import copy, json
+            import torch
+            from torch import nn
+            from dlpipe.distributed import init_distributed
+            from dlpipe.train.accel import Accel
+            from dlpipe.train.parallel import plain_batchnorm, training_view
+
+            ctx = init_distributed("cpu")
+            torch.manual_seed(0)
+            net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                nn.Flatten(), nn.Linear(4 * 4 * 4, 5), nn.BatchNorm1d(5))
+            ref = copy.deepcopy(net)
+            x = torch.randn(7, 3, 6, 6) * 3 + 1
+            w = torch.randn(7, 5)
+            # one process, whole batch
+            ref_out = ref(x)
+            (ref_out * w).sum().div(7).backward()
+            # two ranks: rows rank::2, loss weighted by share, DDP averages gradients
+            view = training_view(net, ctx, torch.device("cpu"), Accel(torch.device("cpu")))
+            part = slice(ctx.rank, None, 2)
+            n_local = len(range(ctx.rank, 7, 2))
+            out = view(x[part])
+            ((out * w[part]).sum() / n_local * ctx.share(7)).backward()
+            gap = lambda a, b: float((a - b).abs().max())
+            grads = max(gap(p.grad, q.grad) for p, q in zip(net.parameters(), ref.parameters()))
+            stats = max(gap(a, b) for a, b in zip(net.buffers(), ref.buffers()))
+            outs = gap(out.detach(), ref_out[part].detach())
+            evals = gap(plain_batchnorm(copy.deepcopy(net)).eval()(x), ref.eval()(x))
+            classes = sorted({type(m).__name__ for m in net.modules()})
+            if ctx.is_main:
+                print(json.dumps({"out": outs, "grads": grads, "stats": stats, "eval": evals,
+                                  "classes": classes,
+                                  "keys": list(net.state_dict()) == list(ref.state_dict())}))
+            """
+        )
+    )
+    out = _torchrun(script)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][0])
+    # float32 sums in another order: differences of a few ulps of values around 1
+    assert res["out"] < 1e-5, res
+    assert res["grads"] < 1e-5, res
+    assert res["stats"] < 1e-5, res
+    assert res["eval"] < 1e-5, res
+    assert "DistBatchNorm2d" in res["classes"] and "DistBatchNorm1d" in res["classes"]
+    assert res["keys"] is True
+
+
+def test_nproc_reports_the_ranks_own_error_once(tmp_path):
+    """`--nproc 2` runs the command under torchrun; bad input is still one paragraph (from rank 0
+    alone) and dlpipe's exit code 2, not torchrun's blanket 1 with its failure report."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dlpipe", "ae", "train", "--nproc", "2", "--device", "cpu",
+           "--data", str(tmp_path / "missing")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("error:") == 1, out.stderr
+    assert "missing" in out.stderr and "Traceback" not in out.stderr
+    assert "torch.distributed" not in out.stderr and "ChildFailedError" not in out.stderr
+
+
+def test_nproc_inside_torchrun_is_refused(cli, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli("ae", "train", "--nproc", "2", "--device", "cpu")
+    assert result.exit_code == 2
+    assert "--nproc" in result.stderr and "torchrun" in result.stderr

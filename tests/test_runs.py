@@ -60,6 +60,7 @@ def test_doctor_json_reports_providers_that_really_run(cli):
     assert cpu and cpu[0]["runs"] is True
     assert report["torch"] and report["datasets"]["mnist5k"] is True
     assert report["onnxruntime_conflict"] is False
+    assert report["distributed"]["gloo"] is True  # CPU processes for --nproc on any machine
     assert result.exit_code == 0
 
 

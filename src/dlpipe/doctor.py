@@ -86,6 +86,13 @@ def collect() -> dict[str, Any]:
         if cuda["available"]:
             cuda["device"] = torch.cuda.get_device_name(0)
             cuda["count"] = torch.cuda.device_count()
+        import torch.distributed as dist
+
+        report["distributed"] = {
+            "available": dist.is_available(),
+            "gloo": dist.is_available() and dist.is_gloo_available(),
+            "nccl": dist.is_available() and dist.is_nccl_available(),
+        }
         ensure_torchvision()
         applied, reason = shim_status()
         report["torchvision_shim"] = {"active": applied, "reason": reason}

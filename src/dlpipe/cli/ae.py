@@ -8,7 +8,9 @@ import typer
 
 from ..runs import DEFAULT_RUNS_DIR
 from .common import (
+    AmpOpt,
     BatchSizeOpt,
+    CompileOpt,
     DataOpt,
     DataRootOpt,
     DeterministicOpt,
@@ -17,6 +19,7 @@ from .common import (
     JsonOpt,
     LimitOpt,
     NameOpt,
+    NprocOpt,
     Output,
     QuietOpt,
     ResumeOpt,
@@ -26,6 +29,7 @@ from .common import (
     TestFractionOpt,
     ValFractionOpt,
     command,
+    launch_if_asked,
 )
 
 app = typer.Typer(help="Train convolutional (denoising) autoencoders.", no_args_is_help=True)
@@ -34,6 +38,7 @@ app = typer.Typer(help="Train convolutional (denoising) autoencoders.", no_args_
 @app.command("train")
 @command
 def train(
+    ctx: typer.Context,
     data: DataOpt = "mnist5k",
     data_root: DataRootOpt = None,
     latent: Annotated[int, typer.Option("--latent", min=1, help="Bottleneck size.")] = 32,
@@ -72,6 +77,9 @@ def train(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     deterministic: DeterministicOpt = False,
+    nproc: NprocOpt = 1,
+    amp: AmpOpt = "off",
+    compile: CompileOpt = False,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
     name: NameOpt = None,
     exist_ok: ExistOkOpt = False,
@@ -82,27 +90,33 @@ def train(
     """Train a convolutional autoencoder (strided-conv encoder, transposed-conv decoder); with
     --noise a denoising one. Reports PSNR/SSIM on held-out images and the gain over the noisy input.
 
-    Example: dlpipe ae train --data mnist5k --noise gaussian:0.3
+    Example: dlpipe ae train --data mnist5k --noise gaussian:0.3 (several processes: add
+    --nproc N, or run it under torchrun; --batch-size stays the global batch).
     """
+    from ..distributed import on_main, setup
     from ..runs import create_run_dir, run_to_resume
+    from ..train.accel import Accel
     from ..train.autoencoder import AeConfig, train_autoencoder
     from .gan import config_from_run
 
     out = Output(json_out, quiet)
+    launch_if_asked(ctx, nproc, device)
+    dist_ctx, device_obj = setup(device)
+    Accel.create(amp, compile, device_obj)  # a bad --amp fails before a run folder exists
     if resume:
-        run = run_to_resume("ae", name, runs_dir, "ae train")
+        run = on_main(lambda: run_to_resume("ae", name, runs_dir, "ae train"), dist_ctx)
         cfg = config_from_run(AeConfig, run)
         cfg.epochs = epochs or cfg.epochs
-        cfg.device = device
+        cfg.device, cfg.amp, cfg.compile = device, amp, compile
     else:
         cfg = AeConfig(
             data=data, data_root=str(data_root) if data_root else None, strict=strict,
             image_size=image_size, latent=latent, width=width, noise=noise, loss=loss,
             epochs=epochs or 10, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
             test_fraction=test_fraction, limit=limit, seed=seed, device=device,
-            deterministic=deterministic,
+            deterministic=deterministic, amp=amp, compile=compile,
         )  # fmt: skip
-        run = create_run_dir("ae", name, runs_dir, exist_ok)
+        run = on_main(lambda: create_run_dir("ae", name, runs_dir, exist_ok), dist_ctx)
     result = train_autoencoder(cfg, run, out, resume=resume)
     m = result["metrics"]
     line = f"held-out PSNR {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}" if "psnr_db" in m else ""

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from ..distributed import env_rank
 from ..errors import DlpipeError, NotImplementedYet
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -90,6 +91,40 @@ LimitOpt = Annotated[
     int | None,
     typer.Option("--limit", min=1, help="Use at most N training images (stratified subset)."),
 ]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Train with N processes on this machine (torchrun --standalone; DDP): one per GPU, "
+        "or CPU processes with Gloo. --batch-size stays the global batch. Under torchrun itself, "
+        "leave it out.",
+    ),
+]
+AmpOpt = Annotated[
+    str,
+    typer.Option(
+        "--amp",
+        help="Mixed precision: bf16, fp16 (with loss scaling) or off. For GPUs; on CPU it runs "
+        "but rarely pays.",
+    ),
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the training model (first steps slower while it compiles; needs a C "
+        "compiler).",
+    ),
+]
+SyncBnOpt = Annotated[
+    bool,
+    typer.Option(
+        "--sync-bn/--no-sync-bn",
+        help="With several processes, BatchNorm uses the statistics of the whole global batch "
+        "(as one process would); --no-sync-bn keeps per-process statistics.",
+    ),
+]
 ResumeOpt = Annotated[
     bool,
     typer.Option(
@@ -103,10 +138,13 @@ class Output:
     """Human output to stdout (stderr with --json), progress bars unless --quiet, one JSON result."""
 
     def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+        from ..distributed import env_rank
+
+        self.main = env_rank() == 0  # under torchrun only rank 0 talks
         self.json_mode = json_mode
-        self.quiet = quiet
-        self.console = Console(stderr=json_mode, quiet=quiet, highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+        self.quiet = quiet or not self.main
+        self.console = Console(stderr=json_mode, quiet=self.quiet, highlight=False)
+        self.err = Console(stderr=True, quiet=not self.main, highlight=False)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Human output (silenced by --quiet)."""
@@ -147,6 +185,8 @@ class Output:
 
     def result(self, payload: dict[str, Any], human: str | None = None) -> None:
         """The command's final word: one JSON object (--json) or a line saying where things went."""
+        if not self.main:
+            return
         if self.json_mode:
             sys.stdout.write(json.dumps(payload, default=str) + "\n")
             sys.stdout.flush()
@@ -161,17 +201,87 @@ def command(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except DlpipeError as exc:
-            Console(stderr=True, highlight=False).print(
+        except DlpipeError as exc:  # under torchrun, rank 0 speaks for all ranks
+            Console(stderr=True, highlight=False, quiet=env_rank() != 0).print(
                 f"[bold red]error:[/] {exc.paragraph()}", soft_wrap=True
             )
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            Console(stderr=True).print("[yellow]interrupted[/]")
+            Console(stderr=True, quiet=env_rank() != 0).print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
     wrapper.__doc__ = reflow(func.__doc__)
     return wrapper  # type: ignore[return-value]
+
+
+def launch_if_asked(ctx: typer.Context, nproc: int, device: str = "auto") -> None:
+    """`--nproc N` (N > 1) outside torchrun: re-run this very command under torchrun with N
+    processes on this machine, then exit with its code. Under torchrun (or N = 1), return."""
+    from ..distributed import env_world_size, launch
+    from ..errors import BadInput
+
+    if nproc <= 1:
+        return
+    if env_world_size() > 1:
+        raise BadInput(
+            f"--nproc {nproc}: this process already runs under torchrun (WORLD_SIZE="
+            f"{env_world_size()}).",
+            hint="Drop --nproc; torchrun's --nproc-per-node sets the number of processes.",
+        )
+    _check_gpu_count(nproc, device)
+    raise typer.Exit(launch(nproc, _argv_of(ctx, skip={"nproc"})))
+
+
+def _check_gpu_count(nproc: int, device: str) -> None:
+    import torch
+
+    from ..errors import BadInput
+
+    wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if wants_cuda and nproc > torch.cuda.device_count():
+        raise BadInput(
+            f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s) are visible, and "
+            "each process needs its own.",
+            hint="Use --nproc up to that count, or --device cpu for CPU processes.",
+        )
+    if device.startswith("cuda:"):
+        raise BadInput(
+            f"--device {device} names one GPU, but --nproc {nproc} gives each process its own.",
+            hint="Use --device cuda (or auto); set CUDA_VISIBLE_DEVICES to choose the GPUs.",
+        )
+
+
+def _argv_of(ctx: typer.Context, skip: set[str]) -> list[str]:
+    """The command line that produced `ctx`: command words, then the options given explicitly."""
+    words: list[str] = []
+    c: Any = ctx
+    while c is not None and c.parent is not None:
+        words.insert(0, c.info_name or "")
+        c = c.parent
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name in skip or param.param_type_name != "option":
+            continue
+        source = ctx.get_parameter_source(name)
+        if getattr(source, "name", "") not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        value = ctx.params[name]
+        flag = param.opts[0]
+        if param.is_flag:
+            if value:
+                words.append(flag)
+            elif param.secondary_opts:
+                words.append(param.secondary_opts[0])
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                words += [flag, str(v)]
+        elif value is not None:
+            words += [flag, str(value)]
+    for param in ctx.command.params:
+        if param.param_type_name == "argument" and ctx.params.get(param.name) is not None:
+            value = ctx.params[param.name]
+            words += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    return words
 
 
 def reflow(doc: str | None) -> str | None:

@@ -42,6 +42,13 @@ def doctor(json: JsonOpt = False) -> None:
     )
     cuda_text += f", torch built for CUDA {cuda.get('torch_cuda_build') or '-'}"
     table.add_row("CUDA", cuda_text)
+    dist = report.get("distributed")
+    if dist:
+        table.add_row(
+            "torch.distributed",
+            f"Gloo (CPU) {_mark(dist['gloo'])}, NCCL (GPU) {_mark(dist['nccl'])}; "
+            "--nproc N / torchrun",
+        )
     for p in report["providers"]:
         table.add_row(f"onnxruntime {p['provider']}", f"{_mark(p['runs'])} {p['detail']}")
     conflict = report["onnxruntime_conflict"]

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from .common import (
+    AmpOpt,
     BatchSizeOpt,
+    CompileOpt,
     DataRootOpt,
     DeterministicOpt,
     DeviceOpt,
@@ -17,15 +19,18 @@ from .common import (
     JsonOpt,
     LimitOpt,
     NameOpt,
+    NprocOpt,
     Output,
     QuietOpt,
     ResumeOpt,
     RunsDirOpt,
     SeedOpt,
     StrictOpt,
+    SyncBnOpt,
     TestFractionOpt,
     ValFractionOpt,
     command,
+    launch_if_asked,
 )
 
 _O = typer.Option
@@ -134,6 +139,10 @@ def finetune(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     deterministic: DeterministicOpt = False,
+    nproc: NprocOpt = 1,
+    amp: AmpOpt = "off",
+    compile: CompileOpt = False,
+    sync_bn: SyncBnOpt = True,
     runs_dir: RunsDirOpt = Path("runs"),
     name: NameOpt = None,
     exist_ok: ExistOkOpt = False,
@@ -149,11 +158,15 @@ def finetune(
     the whole network with a smaller backbone learning rate. Writes runs/finetune/<name>/ with
     best/last checkpoints, metrics.csv, curves.png and confusion.png, and reports the held-out
     accuracy. Example: dlpipe finetune --backbone mobilenet_v2 --data mnist5k --image-size 96
+
+    Several processes (DDP): dlpipe finetune --nproc 4 ..., or torchrun --nproc-per-node 4 -m
+    dlpipe finetune ...; each computes its shard of the cached features once.
     """
     out = Output(json, quiet)
     if list_backbones is not None:
         _list(out, list_backbones)
         return
+    launch_if_asked(ctx, nproc, device)
     from ..train.classifier import FinetuneConfig, run_finetune
 
     values = {k: v for k, v in ctx.params.items() if k in FinetuneConfig.__dataclass_fields__}
@@ -165,15 +178,19 @@ def finetune(
 
 
 def _run_and_config(ctx: typer.Context, values: dict, runs_dir, name, exist_ok, resume):  # noqa: ANN001, ANN202
-    """A fresh run folder, or on --resume the old one with its saved options (explicit flags win)."""
+    """A fresh run folder, or on --resume the old one with its saved options (explicit flags win).
+    Under torchrun rank 0 picks the folder and every rank uses it."""
+    from ..distributed import on_main, setup
     from ..runs import create_run_dir, run_to_resume
+    from ..train.accel import Accel
     from ..train.classifier import FinetuneConfig
 
+    dist_ctx, device = setup(values["device"])
+    Accel.create(values["amp"], values["compile"], device)  # bad --amp: no run folder is made
     if not resume:
-        return create_run_dir("finetune", name, runs_dir, exist_ok), FinetuneConfig.from_dict(
-            values
-        )
-    run = run_to_resume("finetune", name, runs_dir, "finetune")
+        run = on_main(lambda: create_run_dir("finetune", name, runs_dir, exist_ok), dist_ctx)
+        return run, FinetuneConfig.from_dict(values)
+    run = on_main(lambda: run_to_resume("finetune", name, runs_dir, "finetune"), dist_ctx)
     saved = run.read_config()
     saved["stop_after"] = None  # an interruption is not an option to keep
     for key, value in values.items():

@@ -9,7 +9,9 @@ import typer
 
 from ..runs import DEFAULT_RUNS_DIR
 from .common import (
+    AmpOpt,
     BatchSizeOpt,
+    CompileOpt,
     DataOpt,
     DataRootOpt,
     DeterministicOpt,
@@ -18,14 +20,17 @@ from .common import (
     JsonOpt,
     LimitOpt,
     NameOpt,
+    NprocOpt,
     Output,
     QuietOpt,
     ResumeOpt,
     RunsDirOpt,
     SeedOpt,
     StrictOpt,
+    SyncBnOpt,
     TestFractionOpt,
     command,
+    launch_if_asked,
 )
 
 app = typer.Typer(help="Train DCGANs and sample from them.", no_args_is_help=True)
@@ -58,6 +63,7 @@ def config_from_run(cls: type, run) -> object:  # noqa: ANN001 - RunDir
 @app.command("train")
 @command
 def train(
+    ctx: typer.Context,
     data: DataOpt = "mnist5k",
     data_root: DataRootOpt = None,
     image_size: Annotated[
@@ -104,6 +110,10 @@ def train(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     deterministic: DeterministicOpt = False,
+    nproc: NprocOpt = 1,
+    amp: AmpOpt = "off",
+    compile: CompileOpt = False,
+    sync_bn: SyncBnOpt = True,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
     name: NameOpt = None,
     exist_ok: ExistOkOpt = False,
@@ -114,17 +124,23 @@ def train(
     """Train a DCGAN (Radford et al.): sample grids every epoch, losses and D(x)/D(G(z)) in
     metrics.csv, fd/kid on mobilenet_v2 features against held-out images, checkpoints with --resume.
 
-    Example: dlpipe gan train --data mnist5k --epochs 20
+    Example: dlpipe gan train --data mnist5k --epochs 20 (on 4 GPUs: add --nproc 4, or run it
+    with torchrun --nproc-per-node 4 -m dlpipe gan train ...; --batch-size stays the global batch).
     """
+    from ..distributed import on_main, setup
     from ..runs import create_run_dir, run_to_resume
+    from ..train.accel import Accel
     from ..train.gan import GanConfig, train_gan
 
     out = Output(json_out, quiet)
+    launch_if_asked(ctx, nproc, device)
+    dist_ctx, device_obj = setup(device)
+    Accel.create(amp, compile, device_obj)  # a bad --amp fails before a run folder exists
     if resume:
-        run = run_to_resume("gan", name, runs_dir, "gan train")
+        run = on_main(lambda: run_to_resume("gan", name, runs_dir, "gan train"), dist_ctx)
         cfg = config_from_run(GanConfig, run)
         cfg.epochs = epochs or cfg.epochs
-        cfg.device = device
+        cfg.device, cfg.amp, cfg.compile, cfg.sync_bn = device, amp, compile, sync_bn
     else:
         cfg = GanConfig(
             data=data, data_root=str(data_root) if data_root else None, strict=strict,
@@ -132,9 +148,9 @@ def train(
             batch_size=batch_size, lr=lr, beta1=beta1, label_smoothing=label_smoothing, ema=ema,
             ema_decay=ema_decay, d_steps=d_steps, test_fraction=test_fraction, limit=limit,
             fd_every=fd_every, fd_images=fd_images, seed=seed, device=device,
-            deterministic=deterministic,
+            deterministic=deterministic, amp=amp, compile=compile, sync_bn=sync_bn,
         )  # fmt: skip
-        run = create_run_dir("gan", name, runs_dir, exist_ok)
+        run = on_main(lambda: create_run_dir("gan", name, runs_dir, exist_ok), dist_ctx)
     result = train_gan(cfg, run, out, resume=resume)
     m = result["metrics"]
     fd = (

@@ -1,4 +1,9 @@
-"""The autoencoder step, epoch loop, checkpoints and final held-out metrics."""
+"""The autoencoder step, epoch loop, checkpoints and final held-out metrics.
+
+Data-parallel (torchrun): the model is wrapped for training (`parallel.training_view`: DDP);
+every process draws the same global batch and noise and trains on its rows; the epoch loss is
+reduced over processes. Rank 0 alone validates, tests and writes.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..distributed import DistContext, all_reduce_sum, on_main
 from ..errors import CheckFailed
 from ..models.autoencoder import AutoEncoder, build_autoencoder
 from ..plots import plot_curves
 from ..runs import RunDir
 from ..runtime import rng_state, set_rng_state
-from .ae_parts import add_noise, evaluate, save_triplets
+from .accel import Accel
+from .ae_parts import RawOutput, add_noise, evaluate, save_triplets
 from .autoencoder import AeConfig
-from .gan_data import ImageData, batches
+from .gan_data import ImageData, agree_stop, batches, rows_of, share_rng, weighted
 from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
+from .parallel import training_view
 
 
 @dataclass
@@ -37,12 +45,35 @@ class AeState:
     step: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     partial: dict[str, Any] | None = None  # a Ctrl-C mid-epoch: perm, steps done, loss sum
+    ctx: DistContext = field(default_factory=DistContext)
+    accel: Accel | None = None  # None: plain float32 (Accel "off")
+    view: torch.nn.Module | None = None  # what training calls: image -> raw output (DDP etc.)
+
+    @property
+    def acc(self) -> Accel:
+        """The precision settings (plain float32 when none were given)."""
+        if self.accel is None:
+            self.accel = Accel(torch.device(str(self.device)))
+        return self.accel
+
+    @property
+    def raw(self) -> torch.nn.Module:
+        """image -> the decoder's linear output, as training calls it."""
+        if self.view is None:
+            self.view = RawOutput(self.model)
+        return self.view
 
     @classmethod
     def create(
-        cls, cfg: AeConfig, data: ImageData, device: Any, noise: tuple[str, float] | None
+        cls,
+        cfg: AeConfig,
+        data: ImageData,
+        device: Any,
+        noise: tuple[str, float] | None,
+        ctx: DistContext | None = None,
+        accel: Accel | None = None,
     ) -> AeState:
-        """A fresh autoencoder sized to the data, with Adam."""
+        """A fresh autoencoder sized to the data, with Adam, and its training view."""
         arch = {
             "latent": cfg.latent, "image_size": data.image_size,
             "channels": data.channels, "width": cfg.width,
@@ -50,7 +81,10 @@ class AeState:
         }  # fmt: skip
         model = build_autoencoder(arch).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        return cls(cfg=cfg, arch=arch, device=device, noise=noise, model=model, opt=opt)
+        ctx, accel = ctx or DistContext(), accel or Accel(device)
+        view = training_view(RawOutput(model), ctx, device, accel, sync_bn=False)
+        return cls(cfg=cfg, arch=arch, device=device, noise=noise, model=model, opt=opt,
+                   ctx=ctx, accel=accel, view=view)  # fmt: skip
 
     def restore(self, path: Path) -> None:
         """Load weights, optimizer, RNG and counters from a checkpoint of the same run."""
@@ -60,6 +94,7 @@ class AeState:
         self.epoch, self.step = int(ck.state["epoch"]), int(ck.state["step"])
         self.metrics = dict(ck.meta.get("metrics", {}))
         self.partial = ck.state.get("partial")
+        self.acc.load_state(ck.state.get("scalers"))
         set_rng_state(ck.state["rng"])
 
     def save(self, path: Path, data: ImageData) -> Path:
@@ -77,6 +112,8 @@ class AeState:
         }  # fmt: skip
         if self.partial is not None:
             state["partial"] = self.partial
+        if self.acc.state():  # fp16 loss scale
+            state["scalers"] = self.acc.state()
         weights = {"model": self.model.state_dict()}
         return save_or_explain(lambda: save_checkpoint(path, weights, meta, state), path)
 
@@ -88,31 +125,44 @@ def _loss(raw: torch.Tensor, clean: torch.Tensor, kind: str) -> torch.Tensor:
     return F.mse_loss(raw, clean)
 
 
+def train_step(s: AeState, clean: torch.Tensor) -> torch.Tensor:
+    """One update on the GLOBAL batch of clean images (noise drawn for all of it, the same on
+    every process; this process trains on its rows); returns this process's share of the
+    global batch's mean loss (detached): summed over processes, the global mean."""
+    n = clean.shape[0]
+    noisy = rows_of(add_noise(clean, s.noise), s.ctx)
+    clean = rows_of(clean, s.ctx)
+    with s.acc.autocast():
+        loss = _loss(s.raw(noisy).float(), clean, s.cfg.loss)
+    s.opt.zero_grad(set_to_none=True)
+    s.acc.backward(weighted(loss, s.ctx.share(n)), "model")
+    s.acc.step(s.opt, "model")
+    return weighted(loss.detach(), s.ctx.local_count(n) / n)
+
+
 def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any, stop: StopFlag) -> float:
     """One pass over the training pixels (or the rest of one cut by Ctrl-C) with fresh noise per
-    batch; returns the mean loss. After Ctrl-C, records where it stopped and raises Interrupted."""
-    s.model.train()
+    batch; returns the global mean loss. After Ctrl-C (on any process, agreed by all at the same
+    step), records where it stopped and raises Interrupted."""
+    s.raw.train()
     cut, s.partial = s.partial, None
     perm = cut["perm"] if cut else torch.randperm(len(pixels))
-    total = cut["total"].to(s.device) if cut else torch.zeros((), device=s.device)
+    total = torch.zeros((), device=s.device)
+    if cut and s.ctx.is_main:  # the saved sum is global: count it once
+        total = cut["total"].to(s.device)
     done = int(cut["n"]) if cut else 0
-    spans = batches(len(pixels), s.cfg.batch_size)
+    spans = batches(len(pixels), s.cfg.batch_size, s.ctx.world_size)
     for index, (a, b) in enumerate(spans):
         if index < done:  # done before the Ctrl-C
             continue
-        if stop.requested:
-            s.partial = {"perm": perm, "total": total, "n": index}
+        if agree_stop(stop.requested, s.device, s.ctx):
+            s.partial = {"perm": perm, "total": all_reduce_sum(total, s.ctx), "n": index}
             raise Interrupted
         clean = pixels[perm[a:b].to(pixels.device)].float().div_(255.0)
-        raw = s.model.decoder.raw(s.model.encoder(add_noise(clean, s.noise)))
-        loss = _loss(raw, clean, s.cfg.loss)
-        s.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        s.opt.step()
+        total += train_step(s, clean)
         s.step += 1
-        total += loss.detach()
         advance(1)
-    mean = float(total) / max(len(spans), 1)
+    mean = float(all_reduce_sum(total, s.ctx)) / max(len(spans), 1)
     if not np.isfinite(mean):
         raise CheckFailed(
             f"Autoencoder training diverged: the loss is NaN/Inf in epoch {epoch}.",
@@ -126,14 +176,37 @@ def run_epochs(
 ) -> None:
     """Train from the state's epoch to cfg.epochs; validate and checkpoint after every epoch."""
     pixels = torch.from_numpy(train).to(s.device)
-    total = len(batches(len(pixels), s.cfg.batch_size)) * (s.cfg.epochs - s.epoch)
-    with out.progress("ae train", total) as advance, catch_sigint() as stop:
+    steps = len(batches(len(pixels), s.cfg.batch_size, s.ctx.world_size))
+    with (
+        out.progress("ae train", steps * (s.cfg.epochs - s.epoch)) as advance,
+        catch_sigint() as stop,
+    ):
         try:
             _epochs(s, pixels, val, data, run, out, advance, stop)
         except Interrupted:
-            s.save(run.checkpoint("last"), data)
+            # every process stopped at the same step; the others wait for rank 0's save
+            on_main(lambda: s.save(run.checkpoint("last"), data), s.ctx)
             out.warn(resume_hint("ae train", run.path, s.epoch, s.step))
             raise KeyboardInterrupt from None
+
+
+def _end_epoch(
+    s: AeState, val: np.ndarray, data: ImageData, run: RunDir, out: Any, row: dict
+) -> dict:
+    """Rank 0's part of an epoch's end: validate, metrics.csv, checkpoint, log; returns the row."""
+    epoch = row["epoch"]
+    if len(val):
+        ev = evaluate(s.model, val, s.noise, s.device, seed=s.cfg.seed + 1)
+        examples = ev.pop("_examples")
+        row |= {f"val_{k}": v for k, v in ev.items()}
+        save_triplets(examples, run.path / "samples" / f"epoch_{epoch:03d}.png")
+    s.metrics = row
+    run.append_metrics(row)
+    s.save(run.checkpoint("last"), data)
+    shown = f", val PSNR {row['val_psnr_db']:.2f} dB" if "val_psnr_db" in row else ""
+    run.log(f"epoch {epoch}: train_loss {row['train_loss']:.5f}{shown}")
+    out.print(f"epoch {epoch}/{s.cfg.epochs}: loss {row['train_loss']:.5f}{shown}")
+    return row
 
 
 def _epochs(
@@ -149,19 +222,11 @@ def _epochs(
         }
         row["train_seconds"] = time.perf_counter() - t0
         row["images_per_s"] = len(pixels) / max(row["train_seconds"], 1e-9)
-        if len(val):
-            ev = evaluate(s.model, val, s.noise, s.device, seed=s.cfg.seed + 1)
-            examples = ev.pop("_examples")
-            row |= {f"val_{k}": v for k, v in ev.items()}
-            save_triplets(examples, run.path / "samples" / f"epoch_{epoch:03d}.png")
-        s.epoch, s.metrics = epoch, row
-        run.append_metrics(row)
-        s.save(run.checkpoint("last"), data)
-        shown = f", val PSNR {row['val_psnr_db']:.2f} dB" if "val_psnr_db" in row else ""
-        run.log(f"epoch {epoch}: train_loss {row['train_loss']:.5f}{shown}")
-        out.print(f"epoch {epoch}/{s.cfg.epochs}: loss {row['train_loss']:.5f}{shown}")
-        if epoch < s.cfg.epochs:
-            stop.check()  # Ctrl-C during validation: the epoch's checkpoint is written
+        s.epoch = epoch  # before the checkpoint is written
+        s.metrics = on_main(lambda row=row: _end_epoch(s, val, data, run, out, row), s.ctx)
+        share_rng(s.ctx, s.device)
+        if epoch < s.cfg.epochs and agree_stop(stop.requested, s.device, s.ctx):
+            raise Interrupted  # Ctrl-C during validation: the epoch's checkpoint is written
 
 
 def final_outputs(

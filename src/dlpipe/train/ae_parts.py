@@ -19,6 +19,20 @@ NOISE_KINDS = {
 }
 
 
+class RawOutput(torch.nn.Module):
+    """The autoencoder as training calls it: image -> the decoder's linear output (the loss is
+    computed on it). A module of its own so that DDP's forward hooks see the training call; it
+    holds no parameters of its own, so `model` stays the plain module checkpoints store."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """decoder.raw(encoder(x))."""
+        return self.model.decoder.raw(self.model.encoder(x))
+
+
 def parse_noise(spec: str | None) -> tuple[str, float] | None:
     """'gaussian:0.3' | 'saltpepper:0.1' | 'mask:0.25' | '0.3' (gaussian) | None/'none' -> (kind, level)."""
     if spec is None or str(spec).strip().lower() in ("", "none", "off", "0"):

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import BadInput
 from ..runs import RunDir
-from .gan_data import Quiet, load_image_data
+from .gan_data import Quiet, load_image_data, share_rng
 
 
 @dataclass
@@ -37,13 +37,20 @@ class AeConfig:
     seed: int = 0  # split, initialisation, noise and data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # bit-reproducible kernels
+    amp: str = "off"  # off | bf16 | fp16 (autocast; GradScaler for fp16)
+    compile: bool = False  # torch.compile the training model
 
 
 def train_autoencoder(
     cfg: AeConfig, run_dir: RunDir | Path, out: Any = None, resume: bool = False
 ) -> dict[str, Any]:
-    """Train an autoencoder into `run_dir`; returns run_dir, artifacts and final metrics."""
-    from ..runtime import resolve_device, seed_everything
+    """Train an autoencoder into `run_dir`; returns run_dir, artifacts and final metrics.
+
+    Under torchrun every process trains its rows of each global batch; rank 0 alone writes and
+    evaluates, and every process returns rank 0's result."""
+    from ..distributed import on_main, setup
+    from ..runtime import seed_everything
+    from .accel import Accel
     from .ae_loop import AeState, final_outputs, run_epochs
     from .ae_parts import parse_noise
 
@@ -53,22 +60,33 @@ def train_autoencoder(
     out = out or Quiet()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
     seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
+    ctx, device = setup(cfg.device)
+    accel = Accel.create(cfg.amp, cfg.compile, device)
     data = load_image_data(
         cfg.data, cfg.data_root, cfg.strict, cfg.image_size, cfg.val_fraction,
         cfg.test_fraction, cfg.seed, cfg.limit, 0.0, 1.0, out,
     )  # fmt: skip
-    run.report_skipped(data.skipped, out)
     train, val = data.train, data.val
-    out.print(f"{data.summary}; train {len(train)}, val {len(val)}, test {len(data.heldout)}")
-    state = AeState.create(cfg, data, device, noise)
+    state = AeState.create(cfg, data, device, noise, ctx, accel)
     if resume:
         state.restore(run.checkpoint("last"))
-        run.truncate_metrics(state.epoch + 1)
-        out.print(f"resumed {run.path} after epoch {state.epoch} (step {state.step})")
-    else:
-        run.write_config(asdict(cfg))
-    run.log(f"ae train: {data.summary}; arch {state.arch}; noise {cfg.noise}")
+        share_rng(ctx, device)  # the saved CUDA state is rank 0's device's
+
+    def begin() -> None:  # rank 0 alone writes
+        run.report_skipped(data.skipped, out)
+        out.print(f"{data.summary}; train {len(train)}, val {len(val)}, test {len(data.heldout)}")
+        if resume:
+            run.truncate_metrics(state.epoch + 1)
+            out.print(f"resumed {run.path} after epoch {state.epoch} (step {state.step})")
+        else:
+            run.write_config(asdict(cfg))
+        processes = f"; {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
+        run.log(
+            f"ae train: {data.summary}; arch {state.arch}; noise {cfg.noise}; "
+            f"{accel.describe()}{processes}"
+        )
+
+    on_main(begin, ctx)
     started = time.perf_counter()
     run_epochs(state, train, val, data, run, out)
-    return final_outputs(state, data, run, out, time.perf_counter() - started)
+    return on_main(lambda: final_outputs(state, data, run, out, time.perf_counter() - started), ctx)

@@ -49,6 +49,9 @@ class FinetuneConfig:
     seed: int = 0  # split, init, data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # bit-reproducible kernels
+    amp: str = "off"  # off | bf16 | fp16 (autocast; GradScaler for fp16)
+    compile: bool = False  # torch.compile the training module
+    sync_bn: bool = True  # with several processes: BatchNorm statistics of the global batch
     strict: bool = False  # fail on unreadable files instead of skipping them
     feature_batch_size: int = 128  # batch of the one-off backbone pass (32-512)
     stop_after: int | None = None  # stop after N epochs this call, as if interrupted (tests)
@@ -82,17 +85,20 @@ def run_finetune(
 ) -> dict[str, Any]:
     """Train (or resume) a classifier in `run_dir`; returns {run_dir, artifacts, metrics, ...}."""
     from ..cli.common import Output
+    from ..distributed import on_main
     from .classifier_report import finish
     from .classifier_session import Session
     from .classifier_train import train_all
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
-    run.checkpoints.mkdir(parents=True, exist_ok=True)
     session = Session.start(cfg, run, out or Output(quiet=True), resume)
-    if not resume:
-        run.write_config(cfg.to_dict())
+    ctx = session.ctx  # under torchrun: every rank trains, rank 0 alone writes
+    if ctx.is_main:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            run.write_config(cfg.to_dict())
     train_all(session)
     if cfg.stop_after is not None and session.epoch < cfg.epochs and session.stopped is None:
         return {"run_dir": str(run.path), "artifacts": {"last": str(run.checkpoint("last"))},
                 "metrics": {"epochs_run": session.epoch, "interrupted": True}}  # fmt: skip
-    return finish(session)
+    return on_main(lambda: finish(session), ctx)

@@ -1,9 +1,16 @@
-"""The mechanics under the fine-tune recipe: freezing, batch sources, one epoch, evaluation."""
+"""The mechanics under the fine-tune recipe: freezing, batch sources, one epoch, evaluation.
+
+Under DDP every rank walks the same global batches (`epoch_order`), draws the random numbers of the
+whole global batch (augmentation crops, dropout masks) and trains on its rows `ctx.part`; its mean
+loss is weighted by `ctx.share(n)`, so the averaged gradient is the global batch's. With one process
+each of these steps is the plain single-process code path.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +18,8 @@ import torch
 from torch import nn
 
 from ..data import Preprocess
+from ..distributed import DistContext, all_reduce_sum
+from .accel import Accel
 from .optim import apply_lr, lr_factor
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -53,19 +62,41 @@ class Source:
     augment: bool = False
     hflip: bool = False
     device: torch.device | None = None
+    accel: Accel | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, idx: np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
-        """Inputs for positions `idx` (augmented when asked and a generator is given)."""
+    def draws(self, n: int, gen: torch.Generator) -> torch.Tensor | None:
+        """The augmentation numbers of a global batch of `n` rows (None without augmentation):
+        drawn whole on every rank, so each rank's crops are the ones one process would make."""
+        return torch.rand((n, 5), generator=gen) if self.augment else None
+
+    def batch(self, idx: np.ndarray, draws: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs for positions `idx`, augmented with `draws` (rows matching `idx`) when given."""
         if self.features is not None:
             return self.features[torch.from_numpy(idx).to(self.features.device)]
         assert self.pixels is not None and self.preprocess is not None
-        x = torch.from_numpy(self.preprocess.normalize(self.pixels[idx]))
-        if self.augment and gen is not None:
-            x = augment(x, gen, self.hflip)
+        if self.accel is not None and self.accel.pin:
+            x = self._on_device(idx)
+        else:
+            x = torch.from_numpy(self.preprocess.normalize(self.pixels[idx]))
+        if self.augment and draws is not None:
+            x = augment(x, draws, self.hflip)
         return x.to(self.device or "cpu").contiguous(memory_format=torch.channels_last)
+
+    def _on_device(self, idx: np.ndarray) -> torch.Tensor:
+        """GPU path: the batch's uint8 rows gathered into pinned memory, copied without blocking
+        (a quarter of the float32 bytes), normalised on the device."""
+        assert self.pixels is not None and self.preprocess is not None and self.accel is not None
+        px = torch.from_numpy(self.pixels)
+        rows = torch.empty((len(idx), *px.shape[1:]), dtype=torch.uint8, pin_memory=True)
+        torch.index_select(px, 0, torch.from_numpy(np.asarray(idx, dtype=np.int64)), out=rows)
+        x = self.accel.to_device(rows)
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.preprocess.mean, dtype=torch.float32, device=x.device)
+        std = torch.tensor(self.preprocess.std, dtype=torch.float32, device=x.device)
+        return (x.float() / 255.0 - mean.view(shape)) / std.view(shape)
 
     def targets(self, idx: np.ndarray) -> torch.Tensor:
         """Labels at positions `idx`, on the inputs' device."""
@@ -73,11 +104,12 @@ class Source:
         return self.labels[torch.from_numpy(idx)].to(dev)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
-    """Random resized crop (scale 0.6-1, ratio 3/4-4/3) back to the input size, optional h-flip."""
-    n, _c, h, w = x.shape
+def augment(x: torch.Tensor, draws: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """Random resized crop (scale 0.6-1, ratio 3/4-4/3) back to the input size, optional h-flip;
+    `draws` holds five uniform numbers per row."""
+    _n, _c, h, w = x.shape
     out = torch.empty_like(x)
-    r = torch.rand((n, 5), generator=gen).tolist()
+    r = draws.tolist()
     for i, (u_area, u_ratio, u_top, u_left, u_flip) in enumerate(r):
         area = h * w * (0.6 + 0.4 * u_area)
         ratio = math.exp(math.log(3 / 4) + u_ratio * (math.log(4 / 3) - math.log(3 / 4)))
@@ -119,23 +151,40 @@ def train_epoch(
     loss_fn: nn.Module,
     plan: StepPlan,
     advance: Callable[..., None] | None = None,
+    *,
+    ctx: DistContext | None = None,
+    accel: Accel | None = None,
 ) -> dict[str, float]:
-    """One pass over `source`; returns mean loss and accuracy. Raises NanLoss on a non-finite loss."""
+    """One pass over `source`; returns the global mean loss and accuracy (the same on every
+    rank). Raises NanLoss on a non-finite loss, on every rank at the same step."""
+    ctx = ctx or DistContext()
+    accel = accel or Accel(torch.device("cpu"))
     gen = torch.Generator().manual_seed(plan.seed * 100003 + plan.epoch)
+    min_local, min_global = _min_rows(forward, ctx)
     total_loss, correct, seen = 0.0, 0, 0
     for k, idx in enumerate(epoch_order(len(source), plan.batch_size, plan.seed, plan.epoch)):
         step = plan.step0 + k
         apply_lr(optimizer, plan.base_lrs, lr_factor(plan.scheduler, step, plan.total, plan.warmup))
-        x, y = source.batch(idx, gen), source.targets(idx)
-        if len(idx) == 1 and any(isinstance(m, nn.BatchNorm1d) for m in _modules(forward)):
-            continue  # BatchNorm cannot train on a batch of one
-        loss_t, logits = _step(forward, x, y, optimizer, loss_fn, plan.lbfgs)
-        loss_value = float(loss_t)
-        if not math.isfinite(loss_value):  # inf/NaN weights show up in the next step's loss
+        n = len(idx)
+        draws = source.draws(n, gen)
+        if n < min_global or n // ctx.world_size < min_local:
+            continue  # too few rows for BatchNorm or for every rank (all agree: n is global)
+        mine = idx[ctx.part]
+        x = source.batch(mine, None if draws is None else draws[ctx.part])
+        y = source.targets(mine)
+        with global_batch(n, ctx):
+            loss_t, logits = _step(forward, x, y, optimizer, loss_fn, plan.lbfgs, accel, ctx, n)
+        sums = torch.tensor(
+            [float(loss_t) * len(mine), float((logits.argmax(1) == y).sum()), float(len(mine))],
+            dtype=torch.float64,
+            device=y.device if ctx.enabled else None,
+        )  # NCCL reduces on the GPU
+        loss_sum, hits, rows = all_reduce_sum(sums, ctx).tolist()
+        if not math.isfinite(loss_sum):  # inf/NaN weights show up in the next step's loss
             raise NanLoss(plan.epoch + 1, k + 1)
-        total_loss += loss_value * len(idx)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(idx)
+        total_loss += loss_sum
+        correct += int(hits)
+        seen += int(rows)
         if advance:
             advance(1, info=f"loss {total_loss / seen:.4f} acc {correct / seen:.3f}")
     if not all(bool(torch.isfinite(p).all()) for p in params()):  # never checkpoint inf weights
@@ -150,23 +199,32 @@ def _step(
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
     lbfgs: bool,
+    accel: Accel,
+    ctx: DistContext,
+    n: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step (LBFGS re-evaluates through the closure, as it must)."""
+    """One optimisation step on this rank's rows of a global batch of `n` (LBFGS re-evaluates
+    through the closure, as it must; under DDP its closure returns the global loss so that every
+    rank's line search takes the same decisions)."""
     out: dict[str, torch.Tensor] = {}
+    weight = ctx.share(n)
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        out["logits"] = forward(x)
-        loss = loss_fn(out["logits"], y)
-        loss.backward()
+        with accel.autocast():
+            out["logits"] = forward(x)
+            loss = loss_fn(out["logits"], y)
+        accel.backward(loss * weight if weight != 1.0 else loss)
         out["loss"] = loss.detach()
+        if lbfgs and ctx.enabled:  # sum over ranks of local mean * local share of the batch
+            return all_reduce_sum(loss.detach().double() * (len(y) / n), ctx)
         return loss
 
     if lbfgs:
         optimizer.step(closure)
     else:
         closure()
-        optimizer.step()
+        accel.step(optimizer)
     return out["loss"], out["logits"].detach()
 
 
@@ -174,22 +232,83 @@ def _modules(forward: Callable[..., object]) -> list[nn.Module]:
     return list(forward.modules()) if isinstance(forward, nn.Module) else []
 
 
+def _min_rows(forward: Callable[..., object], ctx: DistContext) -> tuple[int, int]:
+    """(rows each rank needs, rows the global batch needs) for a step: BatchNorm1d cannot train on
+    one row, per rank when its statistics are per rank, over the global batch when synced; every
+    rank needs a row."""
+    mods = _modules(forward)
+    per_rank = any(type(m) is nn.BatchNorm1d for m in mods)
+    synced = any(isinstance(m, (nn.BatchNorm1d, nn.SyncBatchNorm)) for m in mods)
+    return (2 if per_rank else 1), max(ctx.world_size, 2 if synced else 1)
+
+
 def evaluate(
     forward: Callable[[torch.Tensor], torch.Tensor],
     source: Source,
     loss_fn: nn.Module,
     batch_size: int = 256,
+    accel: Accel | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Loss and accuracy over `source` in inference mode; also the predictions."""
+    """Loss and accuracy over `source` in inference mode (one process, no collective); also the
+    predictions."""
     if len(source) == 0:
         return {"loss": float("nan"), "acc": float("nan")}, np.zeros(0, dtype=np.int64)
+    accel = accel or Accel(torch.device("cpu"))
     preds, total = [], 0.0
     with torch.inference_mode():
         for start in range(0, len(source), batch_size):
             idx = np.arange(start, min(start + batch_size, len(source)))
-            logits = forward(source.batch(idx))
-            total += float(loss_fn(logits, source.targets(idx))) * len(idx)
+            with accel.autocast():
+                logits = forward(source.batch(idx))
+                total += float(loss_fn(logits, source.targets(idx))) * len(idx)
             preds.append(logits.argmax(1).cpu().numpy())
     pred = np.concatenate(preds)
     acc = float((pred == source.labels.numpy()).mean())
     return {"loss": total / len(source), "acc": acc}, pred
+
+
+# ---- dropout over the global batch ---------------------------------------------------------------
+_GLOBAL: list[tuple[int, DistContext]] = []  # (rows of the global batch, context) during a step
+
+
+@contextmanager
+def global_batch(n: int, ctx: DistContext) -> Iterator[None]:
+    """Tell GlobalBatchDropout layers the size of the global batch this step trains on."""
+    if not ctx.enabled:
+        yield
+        return
+    _GLOBAL.append((n, ctx))
+    try:
+        yield
+    finally:
+        _GLOBAL.pop()
+
+
+class GlobalBatchDropout(nn.Dropout):
+    """nn.Dropout whose mask is drawn for the whole global batch on every rank, which then keeps
+    its rows: the masks one process draws (same generator, shape and memory format, so the same
+    numbers), and every rank's random stream stays that of a single process, which keeps the
+    checkpoint's RNG state valid for any number of processes. Outside a DDP step: plain Dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _GLOBAL and 0.0 < self.p < 1.0):
+            return super().forward(x)
+        n, ctx = _GLOBAL[-1]
+        if x.dim() == 0 or x.shape[0] != ctx.local_count(n):
+            return super().forward(x)
+        channels_last = x.dim() == 4 and not x.is_contiguous()
+        channels_last = channels_last and x.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        noise = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=fmt)
+        noise.bernoulli_(1.0 - self.p).div_(1.0 - self.p)  # what F.dropout does on the CPU
+        return x * noise[ctx.part]
+
+
+def global_dropout(module: nn.Module) -> nn.Module:
+    """Dropout layers of `module` (in place) draw global-batch masks under DDP (see
+    GlobalBatchDropout); `parallel.plain_batchnorm` undoes it like the BatchNorm sync."""
+    for m in module.modules():
+        if type(m) is nn.Dropout:
+            m._dlpipe_plain_class = nn.Dropout  # type: ignore[assignment]
+            m.__class__ = GlobalBatchDropout
+    return module

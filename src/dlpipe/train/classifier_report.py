@@ -31,7 +31,7 @@ def held_out(s: Session) -> dict[str, Any]:
     split = "test" if len(s.data.test) else "val"
     frozen = s.cfg.freeze and s.stage == "frozen"
     src, fwd = s.source(split, frozen)
-    res, pred = evaluate(fwd, src, nn.CrossEntropyLoss())
+    res, pred = evaluate(fwd, src, nn.CrossEntropyLoss(), accel=s.accel)
     true = src.labels.cpu().numpy()
     names = s.data.ds.class_names
     cm = confusion(true, pred, len(names))
@@ -54,6 +54,7 @@ def finish(s: Session) -> dict[str, Any]:
         "held_out_split": ho["split"], "held_out_size": ho["n"],
         "best_val_acc": s.best["acc"], "best_epoch": s.best["epoch"], "epochs_run": s.epoch,
         "stage": s.stage, "stopped": s.stopped, "feature_cache": s.cache_how,
+        "processes": s.ctx.world_size, "amp": s.accel.amp if s.accel else "off",
         "per_class_acc": ho["per_class"], "seconds": round(time.perf_counter() - s.started, 2),
     }  # fmt: skip
     last = rows[-1] if rows else {}

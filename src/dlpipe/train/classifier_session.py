@@ -1,7 +1,13 @@
-"""One fine-tune run's state: data, model, optimizer, stage; set up fresh or from a checkpoint."""
+"""One fine-tune run's state: data, model, optimizer, stage; set up fresh or from a checkpoint.
+
+Under torchrun every rank builds the same Session (same seed, data, split and weights); only rank 0
+writes (log, skipped.txt), and the module a step calls is `training_view(...)` of the plain one
+(DDP, synced BatchNorm), re-made when the stage changes what trains.
+"""
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,17 +22,17 @@ from ..data import Preprocess, make_split, open_source
 from ..data.arrays import pixels_of
 from ..data.sources import ImageDataset
 from ..data.splits import subsample
+from ..distributed import DistContext, setup
 from ..errors import BadInput
 from ..models.backbones import arch_meta, build_classifier, parse_backbone, preprocess_for
 from ..runs import RunDir
-from ..runtime import resolve_device, seed_everything, set_rng_state
+from ..runtime import seed_everything, set_rng_state
 from . import features as fcache
+from .accel import Accel
 from .classifier import FinetuneConfig
-from .classifier_loop import (
-    Source,
-    set_frozen,
-)
+from .classifier_loop import Source, global_dropout, set_frozen
 from .optim import check_combination, make_optimizer, trainable
+from .parallel import training_view
 
 
 @dataclass
@@ -62,6 +68,8 @@ class Session:
     preprocess: Preprocess
     weights: dict[str, Any]
     device: torch.device
+    ctx: DistContext = field(default_factory=DistContext)
+    accel: Accel | None = None
     optimizer: torch.optim.Optimizer | None = None
     epoch: int = 0  # epochs completed
     stage: str = "frozen"
@@ -73,6 +81,7 @@ class Session:
     _pixels: dict[str, Source] = field(default_factory=dict)
     _feats: dict[str, Source] = field(default_factory=dict)
     _body_hash: str | None = None
+    _view: tuple[Any, nn.Module] | None = None  # (what it was made for, training view)
     started: float = field(default_factory=time.perf_counter)
 
     # ---- setup ------------------------------------------------------------------------------
@@ -84,10 +93,12 @@ class Session:
         if cfg.unfreeze_after is not None and not cfg.freeze:
             raise BadInput("--unfreeze-after needs a frozen start.", hint="Drop --no-freeze.")
         spec = parse_backbone(cfg.backbone)  # unknown names fail before data is read
-        device = resolve_device(cfg.device)
+        ctx, device = setup(cfg.device)
+        accel = _accel(cfg, device)
         seed_everything(cfg.seed, cfg.deterministic)
         data = Data.open(cfg)
-        run.report_skipped(data.ds.skipped, out)
+        if ctx.is_main:
+            run.report_skipped(data.ds.skipped, out)
         ckpt = load_checkpoint(run.checkpoint("last")) if resume else None
         if resume and not run.checkpoint("last").exists():
             raise BadInput(f"Nothing to resume in {run.path}.", hint="Start it without --resume.")
@@ -105,7 +116,7 @@ class Session:
             pre = preprocess_for(model, cfg.backbone, weights, in_chans, cfg.image_size)
             wdesc = weights.describe() if weights else {"spec": cfg.weights, "source": "none"}
         info["in_chans"] = in_chans
-        s = cls(cfg, run, out, data, model.to(device), info, pre, wdesc, device)
+        s = cls(cfg, run, out, data, model.to(device), info, pre, wdesc, device, ctx, accel)
         s.stage = "frozen" if s.frozen_at(0) else "unfrozen"
         s._check_input_size()
         s._setup_optimizer()
@@ -149,7 +160,28 @@ class Session:
         assert self.optimizer is not None
         self.optimizer.param_groups[1]["params"] = trainable(self.model.body)
         self.stage = "unfrozen"
-        self.run.log(f"epoch {self.epoch + 1}: backbone unfrozen (lr x{self.cfg.body_lr_mult})")
+        self.log(f"epoch {self.epoch + 1}: backbone unfrozen (lr x{self.cfg.body_lr_mult})")
+
+    def log(self, message: str) -> None:
+        """A line in the run's log (rank 0 writes it)."""
+        if self.ctx.is_main:
+            self.run.log(message)
+
+    def training_module(self, module: nn.Module) -> nn.Module:
+        """What a training step calls for `module` (the head on cached features, else the whole
+        model): DDP with synced BatchNorm and global-batch dropout under torchrun, the module
+        itself in one process on the CPU. Re-made when the stage changes, since DDP fixes its
+        parameter set when it is built (unfreezing adds the backbone's)."""
+        key = (id(module), self.stage)
+        if self._view is None or self._view[0] != key:
+            if self._view is not None:  # release the old DDP's gradient hooks before a new one
+                self._view = None
+                gc.collect()
+            if self.ctx.enabled:
+                global_dropout(module)
+            view = training_view(module, self.ctx, self.device, self.accel, self.cfg.sync_bn)
+            self._view = (key, view)
+        return self._view[1]
 
     def _restore(self, ckpt: Any) -> None:
         self.model.load_state_dict(ckpt.weights["model"])
@@ -166,9 +198,13 @@ class Session:
                 hint="Resume with the original optimizer, or start a new run.",
             )
         self.optimizer.load_state_dict(st["optimizer"])
+        assert self.accel is not None
+        self.accel.load_state(st.get("scalers"))
         set_rng_state(st["rng"])
-        self.run.truncate_metrics(self.epoch + 1)  # rows are numbered from 1
-        self.run.log(f"resumed at epoch {self.epoch} (stage {self.stage})")
+        if self.ctx.is_main:
+            self.run.truncate_metrics(self.epoch + 1)  # rows are numbered from 1
+        self.log(f"resumed at epoch {self.epoch} (stage {self.stage}, {self.ctx.world_size} "
+                 f"process{'es' if self.ctx.enabled else ''})")  # fmt: skip
 
     # ---- inputs ------------------------------------------------------------------------------
     def body_hash(self) -> str:
@@ -177,17 +213,26 @@ class Session:
             self._body_hash = fcache.module_hash(self.model.body)
         return self._body_hash
 
-    def feature_source(self, split: str) -> Source:
-        """Cached backbone features of a split (computed once, then from memory/disk)."""
+    def feature_source(self, split: str, collective: bool = False) -> Source:
+        """Cached backbone features of a split (computed once, then from memory/disk). With
+        `collective` (the training split, called on every rank) each rank computes its shard of
+        a missing cache and all of them get the whole; otherwise this process works alone."""
         if split not in self._feats:
             idx = getattr(self.data, split)
+            args = (self.model.body, self.body_hash(), self.data.ds, idx, self.preprocess, split,
+                    self.device)  # fmt: skip
             with self.out.progress(f"backbone features ({split}, once)", len(idx)) as advance:
-                feats, labels, how = fcache.cached_features(
-                    self.model.body, self.body_hash(), self.data.ds, idx, self.preprocess, split,
-                    self.device, advance, self.cfg.feature_batch_size,
-                )  # fmt: skip
+                if collective and self.ctx.enabled:
+                    feats, labels, how = fcache.shared_features(
+                        *args, self.ctx, advance, self.cfg.feature_batch_size, accel=self.accel
+                    )
+                else:
+                    feats, labels, how = fcache.cached_features(
+                        *args, advance, self.cfg.feature_batch_size, accel=self.accel
+                    )
             if split == "train":
                 self.cache_how = how
+                self.log(f"train features: {how} ({len(idx)} rows)")
             self._feats[split] = Source(labels, features=feats.to(self.device))
         return self._feats[split]
 
@@ -201,14 +246,28 @@ class Session:
             aug = self.cfg.augment and split == "train"
             self._pixels[split] = Source(labels, pixels=px, preprocess=self.preprocess,
                                          augment=aug, hflip=self.cfg.hflip,
-                                         device=self.device)  # fmt: skip
+                                         device=self.device, accel=self.accel)  # fmt: skip
         return self._pixels[split]
 
-    def source(self, split: str, frozen: bool) -> tuple[Source, nn.Module]:
-        """(inputs, module to run on them) for the current stage."""
+    def source(
+        self, split: str, frozen: bool, collective: bool = False
+    ) -> tuple[Source, nn.Module]:
+        """(inputs, plain module to run on them) for the current stage."""
         if self.cfg.cacheable(frozen):
-            return self.feature_source(split), self.model.head
+            return self.feature_source(split, collective), self.model.head
         return self.pixel_source(split), self.model
+
+
+def _accel(cfg: FinetuneConfig, device: torch.device) -> Accel:
+    """--amp / --compile checked for this device; LBFGS refuses mixed precision."""
+    accel = Accel.create(cfg.amp, cfg.compile, device)
+    if cfg.optimizer == "lbfgs" and accel.amp != "off":
+        raise BadInput(
+            f"--amp {accel.amp} does not work with --optimizer lbfgs: its closure re-evaluates "
+            "the loss for a line search that loss scaling and low precision would mislead.",
+            hint="Use --amp off with lbfgs, or another --optimizer (e.g. adamw) with --amp.",
+        )
+    return accel
 
 
 def _resolve_weights(spec: Any, cfg: FinetuneConfig) -> Any:

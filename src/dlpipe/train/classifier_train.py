@@ -1,4 +1,8 @@
-"""The epoch loop of a fine-tune run: stages, checkpoints, early stopping, NaN guard."""
+"""The epoch loop of a fine-tune run: stages, checkpoints, early stopping, NaN guard.
+
+Under torchrun every rank trains; rank 0 alone evaluates, writes metrics and checkpoints, and
+shares its early-stopping decision (`from_main`) so that every rank leaves the loop together.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import save_checkpoint
+from ..distributed import from_main
 from ..errors import BadInput
 from ..runtime import rng_state
 from .classifier_loop import NanLoss, StepPlan, evaluate, train_epoch, train_mode
@@ -69,6 +74,7 @@ def save(s: Session, name: str, metrics: dict[str, Any] | None = None) -> None:
         "optimizer_name": s.cfg.optimizer,
         "rng": rng_state(),
         "best": s.best,
+        "scalers": s.accel.state() if s.accel is not None else {},
     }
     path, weights = s.run.checkpoint(name), {"model": s.model.state_dict()}
     save_or_explain(lambda: save_checkpoint(path, weights, meta_of(s, metrics), state), path)
@@ -80,6 +86,8 @@ def train_all(s: Session) -> None:
         _train_epochs(s)
     except KeyboardInterrupt:
         last = s.run.checkpoint("last")
+        if not s.ctx.is_main:
+            raise
         if last.exists():
             s.out.warn(
                 f"interrupted in epoch {s.epoch + 1}; the checkpoint of epoch {s.epoch} is kept in "
@@ -107,15 +115,14 @@ def _train_epochs(s: Session) -> None:
         frozen = s.frozen_at(s.epoch)
         if not frozen and s.stage == "frozen" and c.freeze:
             s.unfreeze()
-        src, fwd = s.source("train", frozen)
+        src, module = s.source("train", frozen, collective=True)
+        view = s.training_module(module)
         plan = StepPlan(s.epoch, s.global_step, total, warmup, c.scheduler, s.base_lrs, c.seed,
                         c.batch_size, c.optimizer == "lbfgs")  # fmt: skip
-        params = (lambda f=fwd: trainable(f)) if fwd is s.model.head else (
-            lambda: trainable(s.model))  # fmt: skip
         t0 = time.perf_counter()
         train_mode(s.model, frozen, c.train_bn)
         try:
-            row = _one_epoch(s, fwd, params, src, ce, train_loss, plan, frozen)
+            row = _one_epoch(s, view, module, src, ce, train_loss, plan, frozen)
         except NanLoss as exc:
             _nan_failure(s, exc)
         row["seconds"] = time.perf_counter() - t0
@@ -125,20 +132,26 @@ def _train_epochs(s: Session) -> None:
         _end_epoch(s, row)
 
 
-def _one_epoch(s: Session, fwd: Any, params: Any, src: Any, ce: nn.Module, loss: nn.Module,
-               plan: StepPlan, frozen: bool) -> dict[str, Any]:  # fmt: skip
-    slow = fwd is s.model
+def _one_epoch(s: Session, view: nn.Module, module: nn.Module, src: Any, ce: nn.Module,
+               loss: nn.Module, plan: StepPlan, frozen: bool) -> dict[str, Any]:  # fmt: skip
+    """Train one epoch through `view` (the training view of `module`), then validate on rank 0
+    (the other ranks get NaN validation numbers: they neither record nor decide anything)."""
+    slow = module is s.model
+    params = lambda: trainable(module)  # noqa: E731
+    dist = {"ctx": s.ctx, "accel": s.accel}
     if slow:  # a bar with running loss/accuracy; cached-feature epochs take milliseconds
         steps = math.ceil(len(src) / s.cfg.batch_size)
         with s.out.progress(f"epoch {s.epoch + 1}/{s.cfg.epochs}", steps) as advance:
-            tr = train_epoch(fwd, params, src, s.optimizer, loss, plan, advance)
+            tr = train_epoch(view, params, src, s.optimizer, loss, plan, advance, **dist)
     else:
         with _threads(1):  # tiny head ops: extra threads only spin (15x slower on a busy box)
-            tr = train_epoch(fwd, params, src, s.optimizer, loss, plan)
-    s.model.eval()
-    val_src, val_fwd = s.source("val" if len(s.data.val) else "train", frozen)
-    with _threads(1 if not slow else torch.get_num_threads()):
-        val, _ = evaluate(val_fwd, val_src, ce)
+            tr = train_epoch(view, params, src, s.optimizer, loss, plan, **dist)
+    val = {"loss": math.nan, "acc": math.nan}
+    if s.ctx.is_main:
+        s.model.eval()
+        val_src, val_fwd = s.source("val" if len(s.data.val) else "train", frozen)
+        with _threads(1 if not slow else torch.get_num_threads()):
+            val, _ = evaluate(val_fwd, val_src, ce, accel=s.accel)
     return {"epoch": s.epoch + 1, "stage": "frozen" if frozen else "unfrozen",
             "path": "slow" if slow else "cached-features", **tr,
             "val_loss": val["loss"], "val_acc": val["acc"],
@@ -157,6 +170,13 @@ def _threads(n: int) -> Iterator[None]:
 
 
 def _end_epoch(s: Session, row: dict[str, Any]) -> None:
+    """Rank 0 records the epoch; every rank learns whether it decided to stop early."""
+    if s.ctx.is_main:
+        _record_epoch(s, row)
+    s.stopped = from_main(s.stopped, s.ctx)
+
+
+def _record_epoch(s: Session, row: dict[str, Any]) -> None:
     """Metrics row, best/last checkpoints, early-stopping bookkeeping, one console line."""
     c, best = s.cfg, s.best
     s.run.append_metrics(row)
@@ -187,7 +207,7 @@ def _nan_failure(s: Session, exc: NanLoss) -> None:
     last = s.run.checkpoint("last")
     kept = f"the last good checkpoint {last} (epoch {s.epoch}) is kept" if last.exists() else (
         "no epoch had finished, so there is no checkpoint")  # fmt: skip
-    s.run.log(f"non-finite loss at epoch {exc.epoch}, step {exc.step}")
+    s.log(f"non-finite loss at epoch {exc.epoch}, step {exc.step}")
     raise BadInput(
         f"The loss became NaN/inf at epoch {exc.epoch}, step {exc.step}; training stopped and "
         f"{kept}.",

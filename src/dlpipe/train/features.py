@@ -4,10 +4,16 @@ epoch, so the head trains on cached tensors (epochs cost milliseconds, not a bac
 Disk cache: one safetensors file per (backbone weights hash, preprocessing, data fingerprint, split
 indices), under $DLPIPE_CACHE_DIR or ~/.cache/dlpipe/features, with a sha256 of the tensors in its
 header that is verified before use (a corrupt or tampered file is rebuilt). Writes are atomic.
+
+Under torchrun the training split is computed collectively (`shared_features`): the ranks agree
+whether the cache is valid, on a miss each extracts its strided shard, all gather, rank 0 writes
+the same file one process would write (the cache does not depend on the number of processes) and
+every rank keeps the whole split in memory for the head.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +28,7 @@ from torch import nn
 from ..atomic import atomic_path
 from ..data import Preprocess
 from ..data.sources import ImageDataset
+from ..distributed import DistContext, all_gather_tensor, all_reduce_sum
 
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (features, labels)
 _MEMORY_MAX = 6
@@ -45,11 +52,20 @@ def module_hash(module: nn.Module) -> str:
 
 
 def cache_key(
-    weights_hash: str, preprocess: Preprocess, fingerprint: str, split: str, indices: np.ndarray
+    weights_hash: str,
+    preprocess: Preprocess,
+    fingerprint: str,
+    split: str,
+    indices: np.ndarray,
+    precision: str = "off",
 ) -> str:
-    """The key: everything the features depend on (and the split name, for people)."""
+    """The key: everything the features depend on (and the split name, for people); features
+    extracted under autocast (`precision` bf16/fp16) get their own key."""
     idx = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
-    blob = json.dumps([weights_hash, preprocess.to_dict(), fingerprint, idx], sort_keys=True)
+    parts: list[Any] = [weights_hash, preprocess.to_dict(), fingerprint, idx]
+    if precision != "off":
+        parts.append(precision)
+    blob = json.dumps(parts, sort_keys=True)
     return f"{split}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
@@ -94,19 +110,54 @@ def extract(
     device: torch.device,
     batch_size: int = 128,
     progress: Callable[[int], None] | None = None,
+    accel: Any = None,
 ) -> torch.Tensor:
-    """Run the frozen body once over `indices`: eval mode, inference_mode, batched, channels_last."""
+    """Run the frozen body once over `indices`: eval mode, inference_mode, batched, channels_last
+    (under `accel`'s autocast when given; the features are float32 either way)."""
     body.eval()
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(indices), batch_size):
             part = indices[start : start + batch_size]
-            x = torch.from_numpy(preprocess.batch([ds.image(i) for i in part])).to(device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            chunks.append(body(x).float().flatten(1).cpu())
+            x = torch.from_numpy(preprocess.batch([ds.image(i) for i in part]))
+            if accel is not None and accel.pin:
+                x = accel.to_device(x)
+            else:
+                x = x.to(device).contiguous(memory_format=torch.channels_last)
+            with accel.autocast() if accel is not None else contextlib.nullcontext():
+                y = body(x)
+            chunks.append(y.float().flatten(1).cpu())
             if progress:
                 progress(len(part))
     return torch.cat(chunks) if chunks else torch.zeros((0, 0))
+
+
+def _precision(accel: Any) -> str:
+    return str(getattr(accel, "amp", "off") or "off")
+
+
+def _lookup(key: str, path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
+    """(features, labels) from memory or disk, and which (None on a miss)."""
+    if key in _MEMORY and path.is_file():
+        return _MEMORY[key], "memory"
+    hit = load(path)
+    return hit, "disk"
+
+
+def _remember(key: str, hit: tuple[torch.Tensor, torch.Tensor]) -> None:
+    if key in _MEMORY:
+        return
+    if len(_MEMORY) >= _MEMORY_MAX:
+        _MEMORY.pop(next(iter(_MEMORY)))
+    _MEMORY[key] = hit
+
+
+def _labels_and_info(
+    ds: ImageDataset, indices: np.ndarray, split: str, weights_hash: str
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    labels = torch.from_numpy(ds.labels[np.asarray(indices, dtype=np.int64)].copy())
+    info = {"split": split, "n": len(indices), "data": ds.fingerprint, "weights": weights_hash}
+    return labels, info
 
 
 def cached_features(
@@ -119,21 +170,77 @@ def cached_features(
     device: torch.device,
     progress: Callable[[int], None] | None = None,
     batch_size: int = 128,
+    accel: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(features, labels, "memory"|"disk"|"computed") for one split, from the cache when valid."""
-    key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices)
+    """(features, labels, "memory"|"disk"|"computed") for one split, from the cache when valid.
+    One process alone (no collective): under torchrun, rank 0 uses it for val/test."""
+    key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel))
     path = cache_dir() / f"{key}.safetensors"
-    if key in _MEMORY and path.is_file():
-        return (*_MEMORY[key], "memory")
-    hit = load(path)
-    how = "disk"
+    hit, how = _lookup(key, path)
     if hit is None:
-        feats = extract(body, ds, indices, preprocess, device, batch_size, progress)
-        labels = torch.from_numpy(ds.labels[np.asarray(indices, dtype=np.int64)].copy())
-        info = {"split": split, "n": len(indices), "data": ds.fingerprint, "weights": weights_hash}
+        feats = extract(body, ds, indices, preprocess, device, batch_size, progress, accel)
+        labels, info = _labels_and_info(ds, indices, split, weights_hash)
         save(path, feats, labels, info)
         hit, how = (feats, labels), "computed"
-    if len(_MEMORY) >= _MEMORY_MAX:
-        _MEMORY.pop(next(iter(_MEMORY)))
-    _MEMORY[key] = hit
+    _remember(key, hit)
     return (*hit, how)
+
+
+def shared_features(
+    body: nn.Module,
+    weights_hash: str,
+    ds: ImageDataset,
+    indices: np.ndarray,
+    preprocess: Preprocess,
+    split: str,
+    device: torch.device,
+    ctx: DistContext,
+    progress: Callable[[int], None] | None = None,
+    batch_size: int = 128,
+    accel: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """`cached_features` called by every rank together: a cache valid on every rank is used;
+    otherwise each rank extracts its strided shard once, the shards are gathered and put back in
+    order ("computed-sharded"), rank 0 writes the cache file and every rank keeps the whole."""
+    key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel))
+    path = cache_dir() / f"{key}.safetensors"
+    hit, how = _lookup(key, path)
+    wire = device if ctx.backend == "nccl" else torch.device("cpu")  # NCCL reduces GPU tensors
+    if all_reduce_sum(torch.tensor([float(hit is None)], device=wire), ctx).item() > 0:
+        scaled = (lambda k: progress(k * ctx.world_size)) if progress else None
+        feats = _extract_sharded(body, ds, indices, preprocess, device, ctx, batch_size,
+                                 scaled, accel, wire)  # fmt: skip
+        labels, info = _labels_and_info(ds, indices, split, weights_hash)
+        if ctx.is_main:
+            save(path, feats, labels, info)
+        hit, how = (feats, labels), "computed-sharded"
+    assert hit is not None
+    _remember(key, hit)
+    return (*hit, how)
+
+
+def _extract_sharded(
+    body: nn.Module,
+    ds: ImageDataset,
+    indices: np.ndarray,
+    preprocess: Preprocess,
+    device: torch.device,
+    ctx: DistContext,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    accel: Any,
+    wire: torch.device,
+) -> torch.Tensor:
+    """Positions rank::world of `indices` (padded by wrap-around to equal length, so all_gather
+    sees one shape), extracted here, gathered, and reassembled in the original order."""
+    n, world = len(indices), ctx.world_size
+    if n == 0:
+        return torch.zeros((0, 0))
+    per_rank = -(-n // world)
+    padded = np.resize(np.arange(n), per_rank * world)  # wraps: every rank gets per_rank rows
+    mine = padded[ctx.rank :: world]
+    local = extract(body, ds, indices[mine], preprocess, device, batch_size, progress, accel)
+    gathered = all_gather_tensor(local.to(wire), ctx).cpu()  # rank-major
+    order = np.concatenate([padded[r::world] for r in range(world)])  # position of each row
+    _, first = np.unique(order, return_index=True)  # one row per position 0..n-1, in order
+    return gathered[torch.from_numpy(first)]

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import CheckFailed
 from ..runs import RunDir
-from .gan_data import Quiet, load_image_data
+from .gan_data import Quiet, load_image_data, share_rng
 
 
 @dataclass
@@ -44,6 +44,9 @@ class GanConfig:
     seed: int = 0  # split, initialisation, noise and data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # bit-reproducible kernels
+    amp: str = "off"  # off | bf16 | fp16 (autocast; GradScaler for fp16)
+    compile: bool = False  # torch.compile G and D for training
+    sync_bn: bool = True  # with several processes: BatchNorm statistics of the global batch
 
     def resolved_channels(self, image_size: int) -> tuple[int, int]:
         """(ngf, ndf) after the size-dependent defaults."""
@@ -58,28 +61,41 @@ class Diverged(CheckFailed):
 def train_gan(
     cfg: GanConfig, run_dir: RunDir | Path, out: Any = None, resume: bool = False
 ) -> dict[str, Any]:
-    """Train a DCGAN into `run_dir`; returns run_dir, artifacts and final metrics."""
-    from ..runtime import resolve_device, seed_everything
+    """Train a DCGAN into `run_dir`; returns run_dir, artifacts and final metrics.
+
+    Under torchrun every process trains its rows of each global batch; rank 0 alone writes and
+    evaluates, and every process returns rank 0's result."""
+    from ..distributed import on_main, setup
+    from ..runtime import seed_everything
+    from .accel import Accel
     from .gan_loop import GanState, final_outputs, run_epochs
 
     out = out or Quiet()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
     seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
+    ctx, device = setup(cfg.device)
+    accel = Accel.create(cfg.amp, cfg.compile, device)
     data = load_image_data(
         cfg.data, cfg.data_root, cfg.strict, cfg.image_size, cfg.val_fraction,
         cfg.test_fraction, cfg.seed, cfg.limit, 0.5, 0.5, out,
     )  # fmt: skip
-    run.report_skipped(data.skipped, out)
-    out.print(f"{data.summary}; training on {len(data.train)}, held out {len(data.heldout)}")
-    state = GanState.create(cfg, data, device)
+    state = GanState.create(cfg, data, device, ctx, accel)
     if resume:
         state.restore(run.checkpoint("last"))
-        run.truncate_metrics(state.epoch + 1)
-        out.print(f"resumed {run.path} after epoch {state.epoch} (step {state.step})")
-    else:
-        run.write_config(asdict(cfg))
-    run.log(f"gan train: {data.summary}; arch {state.arch}")
+        share_rng(ctx, device)  # the saved CUDA state is rank 0's device's
+
+    def begin() -> None:  # rank 0 alone writes
+        run.report_skipped(data.skipped, out)
+        out.print(f"{data.summary}; training on {len(data.train)}, held out {len(data.heldout)}")
+        if resume:
+            run.truncate_metrics(state.epoch + 1)
+            out.print(f"resumed {run.path} after epoch {state.epoch} (step {state.step})")
+        else:
+            run.write_config(asdict(cfg))
+        processes = f"; {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
+        run.log(f"gan train: {data.summary}; arch {state.arch}; {accel.describe()}{processes}")
+
+    on_main(begin, ctx)
     started = time.perf_counter()
     run_epochs(state, data, run, out)
-    return final_outputs(state, data, run, out, time.perf_counter() - started)
+    return on_main(lambda: final_outputs(state, data, run, out, time.perf_counter() - started), ctx)

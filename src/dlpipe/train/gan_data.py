@@ -1,11 +1,12 @@
-"""Data and console plumbing shared by the GAN and autoencoder loops (in memory, uint8 NCHW)."""
+"""Data and console plumbing shared by the GAN and autoencoder loops (in memory, uint8 NCHW),
+and their data-parallel helpers: global batches, this process's rows, agreed stops."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,6 +14,11 @@ from ..data import Preprocess, make_split, open_source
 from ..data.arrays import pixels_of
 from ..data.splits import subsample
 from ..models.dcgan import stages
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..distributed import DistContext
 
 
 class Quiet:
@@ -98,7 +104,59 @@ def load_image_data(
     return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped)
 
 
-def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """(start, stop) of each batch; a trailing batch of one image is dropped (BatchNorm needs 2)."""
+def batches(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int]]:
+    """(start, stop) of each GLOBAL batch; a trailing batch of one image is dropped (BatchNorm
+    needs 2), and one with fewer rows than processes (a process would get none)."""
     spans = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    return [(a, b) for a, b in spans if b - a >= 2]
+    return [(a, b) for a, b in spans if b - a >= max(2, world_size)]
+
+
+def rows_of(batch: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """This process's rows of a global batch (the batch itself in a single process)."""
+    return batch[ctx.part].contiguous() if ctx.enabled else batch
+
+
+def weighted(loss: torch.Tensor, share: float) -> torch.Tensor:
+    """A local mean loss weighted by `ctx.share(n)`: after DDP's average over processes, the
+    gradient is the global batch's mean gradient. Untouched when the weight is 1."""
+    return loss if share == 1.0 else loss * share
+
+
+def agree_stop(requested: bool, device: Any, ctx: DistContext) -> bool:
+    """Ctrl-C on any process stops every process (one all-reduce on `device`, NCCL-safe)."""
+    if not ctx.enabled:
+        return requested
+    import torch
+
+    from ..distributed import all_reduce_sum
+
+    flag = torch.tensor([float(requested)], device=device)
+    return bool(all_reduce_sum(flag, ctx).item() > 0)
+
+
+def share_rng(ctx: DistContext, device: Any) -> None:
+    """Give every process rank 0's RNG state: after work done on rank 0 alone (fd/kid feature
+    models draw random initial weights) and after a resume, so the processes keep drawing the
+    same noise and order. CUDA: rank 0's generator of ITS device goes to each process's own
+    device (every process draws on cuda:LOCAL_RANK)."""
+    if not ctx.enabled:
+        return
+    import random
+
+    import torch
+
+    from ..distributed import from_main
+
+    cuda = getattr(device, "type", str(device)).startswith("cuda")
+    mine = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if cuda else None,
+    }
+    state = from_main(mine, ctx)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if cuda:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -76,8 +76,13 @@ def recalibrate_bn(
 def export_generator(
     g: nn.Module, nz: int, device: Any, tol: float = 0.02
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """An eval-mode copy of `g` whose samples match train mode; recalibrated when they differ."""
-    out = copy.deepcopy(g).eval()
+    """An eval-mode copy of `g` whose samples match train mode; recalibrated when they differ.
+
+    The copy runs in train mode on rank 0 alone, so BatchNorm synced across processes is made
+    plain again on it (a synced layer would wait for the other processes forever)."""
+    from .parallel import plain_batchnorm
+
+    out = plain_batchnorm(copy.deepcopy(g)).eval()
     before = bn_gap(out, nz, device)
     report: dict[str, Any] = {"bn_gap_before": before, "bn_recalibrated": False}
     if before > tol:

@@ -1,7 +1,15 @@
-"""The DCGAN training step, epoch loop, checkpoints and final artifacts."""
+"""The DCGAN training step, epoch loop, checkpoints and final artifacts.
+
+Data-parallel (torchrun): G and D are each wrapped for training (`parallel.training_view`: synced
+BatchNorm, DDP); every process draws the same global batch and noise and trains on its rows. D's
+gradient is all-reduced once per D step (real pass under `no_sync`, fake pass synced); the G step
+calls the PLAIN D with its parameters frozen, so only G's gradient is all-reduced. Optimizers,
+EMA, checkpoints and evaluation use the plain modules; rank 0 alone evaluates and writes.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,12 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..distributed import DistContext, all_reduce_sum, on_main
 from ..models.dcgan import build_discriminator, build_generator
 from ..plots import plot_curves
 from ..runs import RunDir
 from ..runtime import rng_state, set_rng_state
+from .accel import Accel
 from .gan import Diverged, GanConfig
-from .gan_data import ImageData, batches
+from .gan_data import ImageData, agree_stop, batches, rows_of, share_rng, weighted
 from .gan_eval import (
     FD_KEY,
     KID_KEY,
@@ -30,6 +40,7 @@ from .gan_eval import (
     to_uint8,
 )
 from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
+from .parallel import training_view
 
 
 @dataclass
@@ -53,10 +64,39 @@ class GanState:
     metrics: dict[str, Any] = field(default_factory=dict)
     quality: QualityMeter | None = None
     partial: dict[str, Any] | None = None  # a Ctrl-C mid-epoch: perm, steps done, loss sums
+    ctx: DistContext = field(default_factory=DistContext)
+    accel: Accel | None = None  # None: plain float32 (Accel "off")
+    g_view: nn.Module | None = None  # what training calls (DDP etc.); None: the plain g
+    d_view: nn.Module | None = None
+
+    @property
+    def gv(self) -> nn.Module:
+        """G as training calls it."""
+        return self.g if self.g_view is None else self.g_view
+
+    @property
+    def dv(self) -> nn.Module:
+        """D as the D step calls it."""
+        return self.d if self.d_view is None else self.d_view
+
+    @property
+    def acc(self) -> Accel:
+        """The precision settings (plain float32 when none were given)."""
+        if self.accel is None:
+            self.accel = Accel(torch.device(str(self.device)))
+        return self.accel
 
     @classmethod
-    def create(cls, cfg: GanConfig, data: ImageData, device: Any) -> GanState:
-        """Fresh DCGAN-initialised models, Adam optimizers and the fixed sample noise."""
+    def create(
+        cls,
+        cfg: GanConfig,
+        data: ImageData,
+        device: Any,
+        ctx: DistContext | None = None,
+        accel: Accel | None = None,
+    ) -> GanState:
+        """Fresh DCGAN-initialised models, Adam optimizers, the fixed sample noise and the
+        training views (the EMA copy is taken before BatchNorm is synced, so it stays plain)."""
         ngf, ndf = cfg.resolved_channels(data.image_size)
         arch = {
             "nz": cfg.nz, "ngf": ngf, "ndf": ndf,
@@ -65,13 +105,18 @@ class GanState:
         g, d = build_generator(arch).to(device), build_discriminator(arch).to(device)
         betas = (cfg.beta1, 0.999)
         fixed = torch.randn(64, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 1))
-        return cls(
+        ctx = ctx or DistContext()
+        accel = accel or Accel(device)
+        s = cls(
             cfg=cfg, arch=arch, device=device, g=g, d=d,
             opt_g=torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas),
             opt_d=torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=betas),
             ema=copy.deepcopy(g).requires_grad_(False) if cfg.ema else None,
-            fixed_noise=fixed.to(device),
+            fixed_noise=fixed.to(device), ctx=ctx, accel=accel,
         )  # fmt: skip
+        s.g_view = training_view(g, ctx, device, accel, cfg.sync_bn)
+        s.d_view = training_view(d, ctx, device, accel, cfg.sync_bn)
+        return s
 
     def restore(self, path: Path) -> None:
         """Load models, optimizers, RNG and counters from a checkpoint of the same run."""
@@ -89,6 +134,7 @@ class GanState:
         self.streak, self.warned = int(ck.state["streak"]), bool(ck.state["warned"])
         self.metrics = dict(ck.meta.get("metrics", {}))
         self.partial = ck.state.get("partial")
+        self.acc.load_state(ck.state.get("scalers"))
         set_rng_state(ck.state["rng"])
 
     def meta(self, data: ImageData) -> dict[str, Any]:
@@ -118,29 +164,52 @@ class GanState:
         }  # fmt: skip
         if self.partial is not None:
             state["partial"] = self.partial
+        if self.acc.state():  # fp16 loss scales
+            state["scalers"] = self.acc.state()
         return save_or_explain(lambda: save_checkpoint(path, weights, self.meta(data), state), path)
 
 
+def _no_sync(view: nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """DDP's `no_sync` (accumulate locally, all-reduce later); nothing for a plain module."""
+    no_sync = getattr(view, "no_sync", None)
+    return no_sync() if no_sync is not None else contextlib.nullcontext()
+
+
 def train_step(s: GanState, real: torch.Tensor) -> torch.Tensor:
-    """One generator update after `d_steps` discriminator updates; returns
-    [loss_d, loss_g, D(x), D(G(z))] as one detached tensor (one sync per step for the caller)."""
-    b = real.shape[0]
-    real_target = torch.full((b,), s.cfg.label_smoothing, device=real.device)
-    fake_target = torch.zeros(b, device=real.device)
-    for _ in range(s.cfg.d_steps):
-        fake = s.g(torch.randn(b, s.cfg.nz, device=real.device))
+    """One generator update after `d_steps` discriminator updates on the GLOBAL batch `real`
+    (this process trains on its rows); returns this process's [loss_d, loss_g, D(x), D(G(z))]
+    as one detached tensor (one sync per step for the caller)."""
+    b, nz, acc = real.shape[0], s.cfg.nz, s.acc
+    share = s.ctx.share(b)
+    real = rows_of(real, s.ctx)
+    n = real.shape[0]
+    real_target = torch.full((n,), s.cfg.label_smoothing, device=real.device)
+    fake_target = torch.zeros(n, device=real.device)
+    for i in range(s.cfg.d_steps):
+        z = rows_of(torch.randn(b, nz, device=real.device), s.ctx)  # every process: same draws
+        with torch.set_grad_enabled(i == s.cfg.d_steps - 1), acc.autocast():
+            fake = s.gv(z)  # only the last one feeds the G step
         s.opt_d.zero_grad(set_to_none=True)
-        out_real = s.d(real)
-        err_real = F.binary_cross_entropy_with_logits(out_real, real_target)
-        err_real.backward()
-        out_fake = s.d(fake.detach())
-        err_fake = F.binary_cross_entropy_with_logits(out_fake, fake_target)
-        err_fake.backward()
-        s.opt_d.step()
+        with _no_sync(s.dv):  # D's gradient is all-reduced once, after the fake pass
+            with acc.autocast():
+                out_real = s.dv(real)
+                err_real = F.binary_cross_entropy_with_logits(out_real.float(), real_target)
+            acc.backward(weighted(err_real, share), "d")
+        with acc.autocast():
+            out_fake = s.dv(fake.detach())
+            err_fake = F.binary_cross_entropy_with_logits(out_fake.float(), fake_target)
+        acc.backward(weighted(err_fake, share), "d")
+        acc.step(s.opt_d, "d")
     s.opt_g.zero_grad(set_to_none=True)
-    loss_g = F.binary_cross_entropy_with_logits(s.d(fake), torch.ones(b, device=real.device))
-    loss_g.backward()
-    s.opt_g.step()
+    s.d.requires_grad_(False)  # D frozen and called plain: no D gradient, no D all-reduce
+    try:
+        with acc.autocast():
+            out = s.d(fake).float()
+            loss_g = F.binary_cross_entropy_with_logits(out, torch.ones(n, device=real.device))
+        acc.backward(weighted(loss_g, share), "g")
+    finally:
+        s.d.requires_grad_(True)
+    acc.step(s.opt_g, "g")
     if s.ema is not None:
         ema_update(s.ema, s.g, s.cfg.ema_decay, s.step)
     with torch.no_grad():
@@ -148,10 +217,23 @@ def train_step(s: GanState, real: torch.Tensor) -> torch.Tensor:
             [
                 err_real + err_fake,
                 loss_g,
-                torch.sigmoid(out_real).mean(),
-                torch.sigmoid(out_fake).mean(),
+                torch.sigmoid(out_real.float()).mean(),
+                torch.sigmoid(out_fake.float()).mean(),
             ]
         ).detach()
+
+
+def _global_values(
+    values: torch.Tensor, b: int, stop: bool, ctx: DistContext
+) -> tuple[list[float], bool]:
+    """The step's logged values as global-batch means, and whether any process got Ctrl-C: one
+    all-reduce of [values * local rows, local rows, stop], so every process decides alike."""
+    if not ctx.enabled:
+        return values.tolist(), stop
+    rows = float(ctx.local_count(b))
+    extra = torch.tensor([rows, float(stop)], dtype=torch.float64, device=values.device)
+    t = all_reduce_sum(torch.cat([values.double() * rows, extra]), ctx)
+    return (t[:4] / t[4]).tolist(), bool(t[5] > 0)
 
 
 def _check_step(s: GanState, values: list[float], epoch: int, index: int, out: Any) -> None:
@@ -181,20 +263,22 @@ def run_epoch(
     s: GanState, pixels: torch.Tensor, epoch: int, out: Any, advance: Any, stop: StopFlag
 ) -> dict:
     """One pass over the training pixels (or the rest of one cut by Ctrl-C); returns the epoch's
-    mean losses and D outputs. After Ctrl-C, records where it stopped and raises Interrupted."""
-    s.g.train()
-    s.d.train()
+    global mean losses and D outputs. After Ctrl-C (on any process, agreed by all), records where
+    it stopped and raises Interrupted."""
+    s.gv.train()
+    s.dv.train()
     cut, s.partial = s.partial, None
     perm = cut["perm"] if cut else torch.randperm(len(pixels))
     sums, n = (list(cut["sums"]), int(cut["n"])) if cut else ([0.0, 0.0, 0.0, 0.0], 0)
-    for index, (a, b) in enumerate(batches(len(pixels), s.cfg.batch_size)):
+    stopping = agree_stop(stop.requested, s.device, s.ctx)
+    for index, (a, b) in enumerate(batches(len(pixels), s.cfg.batch_size, s.ctx.world_size)):
         if index < n:  # done before the Ctrl-C
             continue
-        if stop.requested:
+        if stopping:
             s.partial = {"perm": perm, "sums": sums, "n": n}
             raise Interrupted
         real = pixels[perm[a:b].to(pixels.device)].float().div_(127.5).sub_(1.0)
-        values = train_step(s, real).tolist()
+        values, stopping = _global_values(train_step(s, real), b - a, stop.requested, s.ctx)
         _check_step(s, values, epoch, index, out)
         s.step += 1
         sums = [x + y for x, y in zip(sums, values, strict=True)]
@@ -205,7 +289,8 @@ def run_epoch(
 
 
 def _evaluate(s: GanState, data: ImageData, run: RunDir, epoch: int) -> dict[str, Any]:
-    """Build the exportable eval-mode G, save the fixed-noise grid, and fd/kid when due."""
+    """Build the exportable eval-mode G, save the fixed-noise grid, and fd/kid when due
+    (rank 0 alone; no collective in here)."""
     s.g_export, report = export_generator(s.ema if s.ema is not None else s.g, s.cfg.nz, s.device)
     with torch.no_grad():
         grid = to_uint8(s.g_export(s.fixed_noise))
@@ -222,14 +307,37 @@ def _evaluate(s: GanState, data: ImageData, run: RunDir, epoch: int) -> dict[str
 def run_epochs(s: GanState, data: ImageData, run: RunDir, out: Any) -> None:
     """Train from the state's epoch to cfg.epochs, checkpointing after every epoch."""
     pixels = torch.from_numpy(data.train).to(s.device)
-    total = len(batches(len(pixels), s.cfg.batch_size)) * (s.cfg.epochs - s.epoch)
-    with out.progress("gan train", total) as advance, catch_sigint() as stop:
+    steps = len(batches(len(pixels), s.cfg.batch_size, s.ctx.world_size))
+    with (
+        out.progress("gan train", steps * (s.cfg.epochs - s.epoch)) as advance,
+        catch_sigint() as stop,
+    ):
         try:
             _epochs(s, data, run, out, pixels, advance, stop)
         except Interrupted:
-            s.save(run.checkpoint("last"), data)
+            # every process stopped at the same step; the others wait for rank 0's save
+            on_main(lambda: s.save(run.checkpoint("last"), data), s.ctx)
             out.warn(resume_hint("gan train", run.path, s.epoch, s.step))
             raise KeyboardInterrupt from None
+
+
+def _end_epoch(s: GanState, data: ImageData, run: RunDir, out: Any, row: dict) -> dict:
+    """Rank 0's part of an epoch's end: evaluate, metrics.csv, checkpoint, log; returns the row."""
+    epoch = row["epoch"]
+    t1 = time.perf_counter()
+    row |= _evaluate(s, data, run, epoch)
+    row["eval_seconds"] = time.perf_counter() - t1
+    s.metrics = {k: v for k, v in row.items() if k != "steps"}
+    run.append_metrics(s.metrics)
+    s.save(run.checkpoint("last"), data)
+    fd = f", {FD_KEY} {row[FD_KEY]:.2f}" if FD_KEY in row else ""
+    run.log(f"epoch {epoch}: loss_d {row['loss_d']:.4f} loss_g {row['loss_g']:.4f}{fd}")
+    out.print(
+        f"epoch {epoch}/{s.cfg.epochs}: loss_d {row['loss_d']:.3f} "
+        f"loss_g {row['loss_g']:.3f} D(x) {row['d_x']:.2f} D(G(z)) {row['d_g_z']:.2f}"
+        f" ({row['images_per_s']:.0f} img/s){fd}"
+    )
+    return s.metrics
 
 
 def _epochs(
@@ -243,22 +351,11 @@ def _epochs(
         advance(row["steps"])
         row = {"epoch": epoch, "step": s.step, **row}
         row |= {"train_seconds": train_s, "images_per_s": len(pixels) / max(train_s, 1e-9)}
-        t1 = time.perf_counter()
-        row |= _evaluate(s, data, run, epoch)
-        row["eval_seconds"] = time.perf_counter() - t1
-        s.epoch = epoch
-        s.metrics = {k: v for k, v in row.items() if k != "steps"}
-        run.append_metrics(s.metrics)
-        s.save(run.checkpoint("last"), data)
-        fd = f", {FD_KEY} {row[FD_KEY]:.2f}" if FD_KEY in row else ""
-        run.log(f"epoch {epoch}: loss_d {row['loss_d']:.4f} loss_g {row['loss_g']:.4f}{fd}")
-        out.print(
-            f"epoch {epoch}/{s.cfg.epochs}: loss_d {row['loss_d']:.3f} "
-            f"loss_g {row['loss_g']:.3f} D(x) {row['d_x']:.2f} D(G(z)) {row['d_g_z']:.2f}"
-            f" ({row['images_per_s']:.0f} img/s){fd}"
-        )
-        if epoch < s.cfg.epochs:
-            stop.check()  # Ctrl-C during evaluation: the epoch's checkpoint is written
+        s.epoch = epoch  # before the checkpoint is written
+        s.metrics = on_main(lambda row=row: _end_epoch(s, data, run, out, row), s.ctx)
+        share_rng(s.ctx, s.device)  # rank 0's evaluation may have drawn random numbers
+        if epoch < s.cfg.epochs and agree_stop(stop.requested, s.device, s.ctx):
+            raise Interrupted  # Ctrl-C during evaluation: the epoch's checkpoint is written
 
 
 def final_outputs(
