@@ -206,3 +206,20 @@ def test_cli_bad_data_path_is_one_paragraph_exit_2(cli, tmp_path):
     result = cli("data", "export", "nope", tmp_path / "x")
     assert result.exit_code == 2
     assert result.stderr.startswith("error:") and "Traceback" not in result.output
+
+
+def test_dataloader_workers_decode_the_same_pixels_in_order(image_folder):
+    """Worker processes (a forked torch DataLoader) decode an ImageFolder to exactly the pixels,
+    in exactly the order, that the main process decodes alone."""
+    from dlpipe.data import Preprocess
+    from dlpipe.data.arrays import decode_workers, pixels_of
+
+    ds = open_source(str(image_folder))
+    pre = Preprocess(resize=12, crop=12, mean=[0.5] * 3, std=[0.5] * 3, channels=3)
+    idx = np.arange(len(ds))[::-1].copy()
+    seen: list[int] = []
+    serial = pixels_of(ds, idx, pre)
+    parallel = pixels_of(ds, idx, pre, progress=seen.append, workers=2)
+    assert parallel.shape == (len(ds), 3, 12, 12) and np.array_equal(serial, parallel)
+    assert sum(seen) == len(ds)
+    assert decode_workers(100) == 0  # small sets (and 2-core machines) decode in-process

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint
 from ..data import Preprocess, make_split, open_source
-from ..data.arrays import pixels_of
+from ..data.arrays import decode_workers, pixels_of
 from ..data.sources import ImageDataset
 from ..data.splits import subsample
 from ..distributed import DistContext, setup
@@ -241,7 +241,8 @@ class Session:
         if split not in self._pixels:
             idx = getattr(self.data, split)
             with self.out.progress(f"decode {split}", len(idx)) as advance:
-                px = pixels_of(self.data.ds, idx, self.preprocess, advance)
+                workers = decode_workers(len(idx), self.ctx.world_size)
+                px = pixels_of(self.data.ds, idx, self.preprocess, advance, workers)
             labels = torch.from_numpy(self.data.ds.labels[idx].copy())
             aug = self.cfg.augment and split == "train"
             self._pixels[split] = Source(labels, pixels=px, preprocess=self.preprocess,

@@ -27,8 +27,9 @@ from torch import nn
 
 from ..atomic import atomic_path
 from ..data import Preprocess
+from ..data.arrays import decode_workers, decoded_batches
 from ..data.sources import ImageDataset
-from ..distributed import DistContext, all_gather_tensor, all_reduce_sum
+from ..distributed import DistContext, all_gather_tensor, all_reduce_sum, env_world_size
 
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (features, labels)
 _MEMORY_MAX = 6
@@ -113,13 +114,14 @@ def extract(
     accel: Any = None,
 ) -> torch.Tensor:
     """Run the frozen body once over `indices`: eval mode, inference_mode, batched, channels_last
-    (under `accel`'s autocast when given; the features are float32 either way)."""
+    (under `accel`'s autocast when given; the features are float32 either way). Images are
+    decoded by DataLoader workers where the machine has cores to spare."""
     body.eval()
     chunks = []
+    workers = decode_workers(len(indices), env_world_size())
     with torch.inference_mode():
-        for start in range(0, len(indices), batch_size):
-            part = indices[start : start + batch_size]
-            x = torch.from_numpy(preprocess.batch([ds.image(i) for i in part]))
+        for part in decoded_batches(ds, indices, preprocess, batch_size, workers):
+            x = torch.from_numpy(preprocess.normalize(np.stack(part)))
             if accel is not None and accel.pin:
                 x = accel.to_device(x)
             else:
@@ -205,7 +207,7 @@ def shared_features(
     key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel))
     path = cache_dir() / f"{key}.safetensors"
     hit, how = _lookup(key, path)
-    wire = device if ctx.backend == "nccl" else torch.device("cpu")  # NCCL reduces GPU tensors
+    wire = device if "nccl" in (ctx.backend or "") else torch.device("cpu")  # GPUs: over NCCL
     if all_reduce_sum(torch.tensor([float(hit is None)], device=wire), ctx).item() > 0:
         scaled = (lambda k: progress(k * ctx.world_size)) if progress else None
         feats = _extract_sharded(body, ds, indices, preprocess, device, ctx, batch_size,

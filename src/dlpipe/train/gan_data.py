@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import Preprocess, make_split, open_source
-from ..data.arrays import pixels_of
+from ..data.arrays import decode_workers, pixels_of
 from ..data.splits import subsample
+from ..distributed import env_world_size
 from ..models.dcgan import stages
 
 if TYPE_CHECKING:
@@ -86,9 +87,10 @@ def load_image_data(
     train_idx = subsample(ds.labels, split.train, limit, seed)
     total = len(train_idx) + len(split.test) + len(split.val)
     with out.progress("decoding images", total) as advance:
-        train = pixels_of(ds, train_idx, pre, advance)
-        heldout = pixels_of(ds, split.test, pre, advance)
-        val = pixels_of(ds, split.val, pre, advance)
+        workers = decode_workers(total, env_world_size())
+        train = pixels_of(ds, train_idx, pre, advance, workers)
+        heldout = pixels_of(ds, split.test, pre, advance, workers)
+        val = pixels_of(ds, split.val, pre, advance, workers)
     meta = {
         "source": source,
         "data_root": data_root,

@@ -46,7 +46,10 @@ class DistBatchNorm(_BatchNorm):
     """Mixin body for BatchNorm layers whose training statistics span every rank (CPU/Gloo).
 
     Two passes like torch's own BatchNorm (mean, then centred squares), each one all-reduce of a
-    C-sized vector; running statistics get the unbiased global variance, as in one process.
+    C-sized vector; running statistics get the unbiased global variance, as in one process. (A
+    one-all-reduce variant that combines per-rank means and variances was 10% faster in the GAN
+    benchmark but rounds differently from torch's kernel: after 12 GAN steps with Adam its weights
+    were 3e-5 from the 1-process run's, where this one's are under 1e-7.)
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +58,7 @@ class DistBatchNorm(_BatchNorm):
         if dist.get_world_size() == 1:
             return super().forward(x)
         self._check_input_dim(x)
+        x = x.float()  # statistics in float32, also under autocast
         dims = [0, *range(2, x.dim())]
         shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
         local_n = x.numel() // max(x.shape[1], 1)
