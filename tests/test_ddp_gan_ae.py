@@ -108,6 +108,10 @@ def test_gan_two_processes_match_one(cli) -> None:
         _metric_rows("gan", "two", keys), _metric_rows("gan", "one", keys), strict=True
     ):
         assert r2 == pytest.approx(r1, abs=1e-5)
+    # the other direction of a world-size change: 1 process for epoch 1, then 2 to finish
+    assert cli(*args, "--epochs", "1", "--name", "grow").exit_code == 0
+    _two_processes("gan", "train", "--resume", "--name", "grow", "--epochs", "2", "--device", "cpu")
+    _assert_close_weights("gan", "grow", "one")
 
 
 def test_ae_two_processes_match_one_and_resume_in_one(cli) -> None:

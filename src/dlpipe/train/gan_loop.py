@@ -290,7 +290,17 @@ def run_epoch(
 
 def _evaluate(s: GanState, data: ImageData, run: RunDir, epoch: int) -> dict[str, Any]:
     """Build the exportable eval-mode G, save the fixed-noise grid, and fd/kid when due
-    (rank 0 alone; no collective in here)."""
+    (rank 0 alone; no collective in here). Evaluation draws no number from the training's random
+    streams: the fd/kid feature model is built (random init, then weights) once per process and
+    cached, so without the fork a run's noise would depend on whether an earlier run in the same
+    process (a pipeline, a test) had built it — and a run resumed in another process or on
+    another number of processes would drift from the uninterrupted one."""
+    devices = [s.device] if torch.device(str(s.device)).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _evaluate_now(s, data, run, epoch)
+
+
+def _evaluate_now(s: GanState, data: ImageData, run: RunDir, epoch: int) -> dict[str, Any]:
     s.g_export, report = export_generator(s.ema if s.ema is not None else s.g, s.cfg.nz, s.device)
     with torch.no_grad():
         grid = to_uint8(s.g_export(s.fixed_noise))
