@@ -184,3 +184,10 @@ def test_full_disk_during_checkpoint_keeps_the_last_good_one(cli, made, monkeypa
     )  # space freed: the run continues from the intact checkpoint
     res = cli("ae", "train", "--resume", "--name", "a", "--epochs", "2", "--quiet")
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("command", [["ae", "train"], ["gan", "train"], ["finetune"]])
+def test_a_run_that_fails_at_its_start_leaves_no_empty_folder(cli, tmp_path, command) -> None:
+    res = cli(*command, "--data", str(tmp_path / "missing"), "--device", "cpu", "--name", "gone")
+    assert res.exit_code == 2 and "missing" in res.stderr
+    assert not list(Path("runs").glob("*/gone*"))

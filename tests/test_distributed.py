@@ -60,7 +60,9 @@ def _torchrun(script, nproc: int = 2, timeout: int = 120) -> subprocess.Complete
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", str(script)]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=script.parent
+    )
 
 
 def test_dist_batchnorm_equals_one_process_batchnorm(tmp_path):
@@ -137,3 +139,37 @@ def test_nproc_inside_torchrun_is_refused(cli, monkeypatch):
     result = cli("ae", "train", "--nproc", "2", "--device", "cpu")
     assert result.exit_code == 2
     assert "--nproc" in result.stderr and "torchrun" in result.stderr
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path):
+    """on_every_rank: bad input found by rank 1 alone (say a broken image in its shard) reaches
+    rank 0, the rank that prints, instead of leaving rank 0 waiting in the next collective."""
+    script = tmp_path / "err.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import json
+            from dlpipe.distributed import init_distributed, on_every_rank
+            from dlpipe.errors import BadInput
+
+            ctx = init_distributed("cpu")
+
+            def work():
+                if ctx.rank == 1:
+                    raise BadInput("image 7 is broken", hint="fix it")
+                return "fine"
+
+            try:
+                on_every_rank(work, ctx)
+                outcome = "no error"
+            except BadInput as exc:
+                outcome = exc.paragraph()
+            with open(f"outcome{ctx.rank}.json", "w") as fh:  # one file per rank: no interleaving
+                json.dump({"rank": ctx.rank, "outcome": outcome}, fh)
+            """
+        )
+    )
+    out = _torchrun(script)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = [json.loads((tmp_path / f"outcome{r}.json").read_text())["outcome"] for r in (0, 1)]
+    assert got == ["image 7 is broken fix it"] * 2

@@ -14,6 +14,7 @@ average is the global batch's mean gradient even when the batch does not divide 
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -83,7 +84,18 @@ def init_distributed(device_type: str = "cpu") -> DistContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
+        atexit.register(_leave)
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter exits: a Gloo group still alive at exit can
+    abort the process ("terminate called without an active exception", SIGABRT) after its work
+    is done, and torchrun then reports the run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current() -> DistContext:
@@ -203,6 +215,54 @@ def all_gather_tensor(tensor: Any, ctx: DistContext) -> Any:
     parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def shard_positions(n: int, ctx: DistContext) -> np.ndarray:
+    """Positions rank::world of 0..n-1, padded by wrap-around so every rank gets the same count
+    (what all_gather needs); `gather_rows` puts the rows back in order."""
+    import numpy as np
+
+    per_rank = -(-n // ctx.world_size)
+    return np.resize(np.arange(n), per_rank * ctx.world_size)[ctx.rank :: ctx.world_size]
+
+
+def gather_rows(local: Any, n: int, ctx: DistContext, wire: Any = None) -> Any:
+    """Every rank's `local` rows (for `shard_positions(n, ctx)`) gathered into the n rows in
+    their original order, on every rank (a CPU tensor). `wire`: the device the gather runs on
+    (the GPU under NCCL; CPU by default)."""
+    import numpy as np
+    import torch
+
+    if not ctx.enabled:
+        return local
+    gathered = all_gather_tensor(local.to(wire or "cpu"), ctx).cpu()  # rank-major
+    world = ctx.world_size
+    padded = np.resize(np.arange(n), -(-n // world) * world)
+    order = np.concatenate([padded[r::world] for r in range(world)])  # position of each row
+    _, first = np.unique(order, return_index=True)  # one row per position 0..n-1, in order
+    return gathered[torch.from_numpy(first)]
+
+
+def on_every_rank(fn: Any, ctx: DistContext) -> Any:
+    """Run `fn()` on every rank; if it raises a DlpipeError on any rank, every rank raises the
+    first such error (rank 0 is the one that prints, whichever rank found the bad input)."""
+    if not ctx.enabled:
+        return fn()
+    import torch.distributed as dist
+
+    from .errors import DlpipeError
+
+    value, error = None, None
+    try:
+        value = fn()
+    except DlpipeError as exc:
+        error = exc
+    errors: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(errors, error)
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+    return value
 
 
 def barrier(ctx: DistContext) -> None:

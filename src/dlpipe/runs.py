@@ -6,7 +6,10 @@ import csv
 import io
 import json
 import re
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,3 +208,19 @@ def run_to_resume(command: str, name: str | None, runs_dir: str | Path, display:
             hint=f"Resume it with the command that made it, or pass --name of a {command} run.",
         )
     return run
+
+
+@contextmanager
+def tidy_on_failure(run: RunDir) -> Iterator[None]:
+    """Around a training run: when it fails (bad data, Ctrl-C before anything was written) and
+    its folder holds no file yet, remove the folder, so a failed start leaves no empty run behind.
+    Under torchrun only rank 0 touches the folder."""
+    from .distributed import env_rank
+
+    try:
+        yield
+    except BaseException:
+        path = run.path
+        if env_rank() == 0 and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+            shutil.rmtree(path, ignore_errors=True)
+        raise

@@ -94,7 +94,7 @@ def train(
     --nproc N, or run it under torchrun; --batch-size stays the global batch).
     """
     from ..distributed import on_main, setup
-    from ..runs import create_run_dir, run_to_resume
+    from ..runs import create_run_dir, run_to_resume, tidy_on_failure
     from ..train.accel import Accel
     from ..train.autoencoder import AeConfig, train_autoencoder
     from .gan import config_from_run
@@ -117,7 +117,8 @@ def train(
             deterministic=deterministic, amp=amp, compile=compile,
         )  # fmt: skip
         run = on_main(lambda: create_run_dir("ae", name, runs_dir, exist_ok), dist_ctx)
-    result = train_autoencoder(cfg, run, out, resume=resume)
+    with tidy_on_failure(run):
+        result = train_autoencoder(cfg, run, out, resume=resume)
     m = result["metrics"]
     line = f"held-out PSNR {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}" if "psnr_db" in m else ""
     if "psnr_gain_db" in m:

@@ -167,12 +167,14 @@ def finetune(
         _list(out, list_backbones)
         return
     launch_if_asked(ctx, nproc, device)
+    from ..runs import tidy_on_failure
     from ..train.classifier import FinetuneConfig, run_finetune
 
     values = {k: v for k, v in ctx.params.items() if k in FinetuneConfig.__dataclass_fields__}
     values["data_root"] = str(data_root) if data_root else None
     run, cfg = _run_and_config(ctx, values, runs_dir, name, exist_ok, resume)
-    result = run_finetune(cfg, run, out, resume=resume)
+    with tidy_on_failure(run):
+        result = run_finetune(cfg, run, out, resume=resume)
     out.result(result, f"held-out accuracy {result['metrics'].get('held_out_acc', float('nan')):.4f}; "
                f"run folder {result['run_dir']}")  # fmt: skip
 

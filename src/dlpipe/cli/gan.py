@@ -128,7 +128,7 @@ def train(
     with torchrun --nproc-per-node 4 -m dlpipe gan train ...; --batch-size stays the global batch).
     """
     from ..distributed import on_main, setup
-    from ..runs import create_run_dir, run_to_resume
+    from ..runs import create_run_dir, run_to_resume, tidy_on_failure
     from ..train.accel import Accel
     from ..train.gan import GanConfig, train_gan
 
@@ -151,7 +151,8 @@ def train(
             deterministic=deterministic, amp=amp, compile=compile, sync_bn=sync_bn,
         )  # fmt: skip
         run = on_main(lambda: create_run_dir("gan", name, runs_dir, exist_ok), dist_ctx)
-    result = train_gan(cfg, run, out, resume=resume)
+    with tidy_on_failure(run):
+        result = train_gan(cfg, run, out, resume=resume)
     m = result["metrics"]
     fd = (
         f"; fd_mobilenet_v2 {m['fd_mobilenet_v2']:.2f} (real-vs-real floor "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -95,6 +96,29 @@ def pixels_of(
     if out is None:
         out = np.zeros((0, preprocess.channels, size or 1, size or 1), dtype=np.uint8)
     return out
+
+
+def shared_pixels(
+    ds: ImageDataset,
+    indices: np.ndarray,
+    preprocess: Preprocess,
+    ctx: Any,
+    progress: Callable[[int], None] | None = None,
+    workers: int = 0,
+) -> np.ndarray:
+    """`pixels_of` called by every process of a torchrun job together: each decodes rows
+    rank::N, all gather them in order (the decoding is not repeated on every process). A bad
+    image found by any process is raised on every one (rank 0 reports it). One process: plain."""
+    if not ctx.enabled:
+        return pixels_of(ds, indices, preprocess, progress, workers)
+    import torch
+
+    from ..distributed import gather_rows, on_every_rank, shard_positions
+
+    mine = shard_positions(len(indices), ctx)
+    scaled = (lambda k: progress(k * ctx.world_size)) if progress else None
+    local = on_every_rank(lambda: pixels_of(ds, indices[mine], preprocess, scaled, workers), ctx)
+    return gather_rows(torch.from_numpy(local), len(indices), ctx).numpy()
 
 
 def tensors_of(

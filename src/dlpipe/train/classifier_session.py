@@ -19,7 +19,7 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint
 from ..data import Preprocess, make_split, open_source
-from ..data.arrays import decode_workers, pixels_of
+from ..data.arrays import decode_workers, pixels_of, shared_pixels
 from ..data.sources import ImageDataset
 from ..data.splits import subsample
 from ..distributed import DistContext, setup
@@ -236,13 +236,18 @@ class Session:
             self._feats[split] = Source(labels, features=feats.to(self.device))
         return self._feats[split]
 
-    def pixel_source(self, split: str) -> Source:
-        """uint8 pixels of a split (decoded once), normalized per batch by Preprocess."""
+    def pixel_source(self, split: str, collective: bool = False) -> Source:
+        """uint8 pixels of a split (decoded once), normalized per batch by Preprocess. With
+        `collective` (the training split, called on every rank) each rank decodes its share."""
         if split not in self._pixels:
             idx = getattr(self.data, split)
             with self.out.progress(f"decode {split}", len(idx)) as advance:
                 workers = decode_workers(len(idx), self.ctx.world_size)
-                px = pixels_of(self.data.ds, idx, self.preprocess, advance, workers)
+                if collective:  # every rank decodes its share of the training split
+                    px = shared_pixels(self.data.ds, idx, self.preprocess, self.ctx, advance,
+                                       workers)  # fmt: skip
+                else:
+                    px = pixels_of(self.data.ds, idx, self.preprocess, advance, workers)
             labels = torch.from_numpy(self.data.ds.labels[idx].copy())
             aug = self.cfg.augment and split == "train"
             self._pixels[split] = Source(labels, pixels=px, preprocess=self.preprocess,
@@ -256,7 +261,7 @@ class Session:
         """(inputs, plain module to run on them) for the current stage."""
         if self.cfg.cacheable(frozen):
             return self.feature_source(split, collective), self.model.head
-        return self.pixel_source(split), self.model
+        return self.pixel_source(split, collective and self.ctx.enabled), self.model
 
 
 def _accel(cfg: FinetuneConfig, device: torch.device) -> Accel:

@@ -29,7 +29,13 @@ from ..atomic import atomic_path
 from ..data import Preprocess
 from ..data.arrays import decode_workers, decoded_batches
 from ..data.sources import ImageDataset
-from ..distributed import DistContext, all_gather_tensor, all_reduce_sum, env_world_size
+from ..distributed import (
+    DistContext,
+    all_reduce_sum,
+    env_world_size,
+    gather_rows,
+    shard_positions,
+)
 
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (features, labels)
 _MEMORY_MAX = 6
@@ -233,16 +239,11 @@ def _extract_sharded(
     accel: Any,
     wire: torch.device,
 ) -> torch.Tensor:
-    """Positions rank::world of `indices` (padded by wrap-around to equal length, so all_gather
-    sees one shape), extracted here, gathered, and reassembled in the original order."""
-    n, world = len(indices), ctx.world_size
+    """Positions rank::world of `indices` (padded to equal length), extracted here, gathered and
+    put back in the original order."""
+    n = len(indices)
     if n == 0:
         return torch.zeros((0, 0))
-    per_rank = -(-n // world)
-    padded = np.resize(np.arange(n), per_rank * world)  # wraps: every rank gets per_rank rows
-    mine = padded[ctx.rank :: world]
+    mine = shard_positions(n, ctx)
     local = extract(body, ds, indices[mine], preprocess, device, batch_size, progress, accel)
-    gathered = all_gather_tensor(local.to(wire), ctx).cpu()  # rank-major
-    order = np.concatenate([padded[r::world] for r in range(world)])  # position of each row
-    _, first = np.unique(order, return_index=True)  # one row per position 0..n-1, in order
-    return gathered[torch.from_numpy(first)]
+    return gather_rows(local, n, ctx, wire)

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import Preprocess, make_split, open_source
-from ..data.arrays import decode_workers, pixels_of
+from ..data.arrays import decode_workers, pixels_of, shared_pixels
 from ..data.splits import subsample
-from ..distributed import env_world_size
+from ..distributed import current
 from ..models.dcgan import stages
 
 if TYPE_CHECKING:
@@ -77,7 +77,10 @@ def load_image_data(
     std: float,
     out: Any,
 ) -> ImageData:
-    """Open a source, split it (held-out = split.test), and decode both parts to uint8 arrays."""
+    """Open a source, split it (held-out = split.test), and decode the parts to uint8 arrays.
+    Under torchrun each process decodes its shard of the training images and the shards are
+    gathered (the decoding is not repeated on every process); the held-out and validation images,
+    which rank 0 alone evaluates on, are decoded there only (empty elsewhere)."""
     ds = open_source(source, data_root=data_root, strict=strict)
     h, w = ds.image_size()
     size = _pick_size(image_size, min(h, w))
@@ -86,11 +89,14 @@ def load_image_data(
     split = make_split(ds.labels, val_fraction, test_fraction, seed, ds.official_test)
     train_idx = subsample(ds.labels, split.train, limit, seed)
     total = len(train_idx) + len(split.test) + len(split.val)
+    ctx = current()
     with out.progress("decoding images", total) as advance:
-        workers = decode_workers(total, env_world_size())
-        train = pixels_of(ds, train_idx, pre, advance, workers)
-        heldout = pixels_of(ds, split.test, pre, advance, workers)
-        val = pixels_of(ds, split.val, pre, advance, workers)
+        workers = decode_workers(total, ctx.world_size)
+
+        train = shared_pixels(ds, train_idx, pre, ctx, advance, workers)
+        nothing = np.zeros((0, c, size, size), dtype=np.uint8)
+        heldout = pixels_of(ds, split.test, pre, advance, workers) if ctx.is_main else nothing
+        val = pixels_of(ds, split.val, pre, advance, workers) if ctx.is_main else nothing
     meta = {
         "source": source,
         "data_root": data_root,
@@ -99,9 +105,9 @@ def load_image_data(
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "limit": limit,
-        "train_images": int(len(train)),
-        "heldout_images": int(len(heldout)),
-        "val_images": int(len(val)),
+        "train_images": int(len(train_idx)),
+        "heldout_images": int(len(split.test)),
+        "val_images": int(len(split.val)),
     }
     return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped)
 
