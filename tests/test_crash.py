@@ -35,6 +35,9 @@ def _spawn(argv: list[str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # our own process group: a signal reaches only this run
+        # a suite started in the background (`make test &`) inherits SIGINT ignored, and Python
+        # then never raises KeyboardInterrupt: give the run the default a terminal gives it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

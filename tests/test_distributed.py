@@ -1,4 +1,4 @@
-"""Distributed helpers: sharding semantics and a real 2-process Gloo reduction."""
+"""Distributed helpers: global-batch rows and shares, gathers, synced BatchNorm, errors across\nranks, and the --nproc launcher, with real 2-process Gloo jobs."""
 
 from __future__ import annotations
 
@@ -10,50 +10,46 @@ import textwrap
 
 import numpy as np
 
-from dlpipe.distributed import DistContext, all_reduce_mean, shard
+from dlpipe.distributed import DistContext, shard_positions
 
 
-def test_shards_cover_everything_and_differ_per_epoch():
-    idx = np.arange(10) * 3
+def test_rank_rows_and_shares_cover_a_global_batch():
+    """Rows rank::N of a global batch of 7 on 3 ranks: disjoint, complete, and loss shares that
+    average to 1 (so DDP's mean of weighted losses is the global mean)."""
     ranks = [DistContext(rank=r, world_size=3) for r in range(3)]
-    parts = [shard(idx, c, seed=1, epoch=0) for c in ranks]
-    assert all(len(p) == 4 for p in parts)  # padded to equal length
-    assert set(np.concatenate(parts)) == set(idx)
-    assert not np.array_equal(shard(idx, ranks[0], 1, 0), shard(idx, ranks[0], 1, 1))
-    assert np.array_equal(shard(idx, DistContext(), 1, 0, shuffle=False), idx)
+    rows = [np.arange(7)[c.part] for c in ranks]
+    assert sorted(np.concatenate(rows).tolist()) == list(range(7))
+    assert [c.local_count(7) for c in ranks] == [len(r) for r in rows] == [3, 2, 2]
+    assert sum(c.share(7) for c in ranks) / 3 == 1.0
+    assert DistContext().share(7) == 1.0 and DistContext().part == slice(0, None, 1)
+    # padded shards for gathers: equal length, every position present
+    shards = [shard_positions(7, c) for c in ranks]
+    assert {len(s) for s in shards} == {3} and set(np.concatenate(shards)) == set(range(7))
 
 
-def test_single_process_is_identity():
-    assert all_reduce_mean({"loss": 2.0}, DistContext()) == {"loss": 2.0}
-
-
-def test_two_gloo_processes_average_metrics(tmp_path):
+def test_two_gloo_processes_gather_rows_in_order(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(
         textwrap.dedent(
             """
-            import json, os
-            from dlpipe.distributed import init_distributed, all_reduce_mean
+            import json
+            import torch
+            from dlpipe.distributed import (all_reduce_sum, gather_rows, init_distributed,
+                                            shard_positions)
             ctx = init_distributed("cpu")
-            out = all_reduce_mean({"loss": float(ctx.rank + 1)}, ctx)
+            mine = shard_positions(5, ctx)
+            rows = gather_rows(torch.from_numpy(mine * 10), 5, ctx)
+            total = all_reduce_sum(torch.tensor([ctx.rank + 1.0]), ctx)
             if ctx.is_main:
-                print(json.dumps({"world": ctx.world_size, "backend": ctx.backend, **out}))
+                print(json.dumps({"world": ctx.world_size, "backend": ctx.backend,
+                                  "rows": rows.tolist(), "sum": total.item()}))
             """
         )
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(script),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    out = _torchrun(script)
     assert out.returncode == 0, out.stderr[-2000:]
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][0]
-    assert '"world": 2' in line and '"backend": "gloo"' in line and '"loss": 1.5' in line
+    res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][0])
+    assert res == {"world": 2, "backend": "gloo", "rows": [0, 10, 20, 30, 40], "sum": 3.0}
 
 
 def _torchrun(script, nproc: int = 2, timeout: int = 120) -> subprocess.CompletedProcess:

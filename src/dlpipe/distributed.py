@@ -122,36 +122,6 @@ def setup(device_spec: str) -> tuple[DistContext, Any]:
     return ctx, device
 
 
-def shard(
-    indices: np.ndarray, ctx: DistContext, seed: int, epoch: int, shuffle: bool = True
-) -> np.ndarray:
-    """This rank's part of `indices` for an epoch (DistributedSampler semantics: same permutation
-    on every rank seeded by seed+epoch, padded by wrap-around so every rank gets the same count)."""
-    import numpy as np
-
-    order = (
-        np.random.default_rng([seed, epoch]).permutation(len(indices))
-        if shuffle
-        else np.arange(len(indices))
-    )
-    per_rank = -(-len(order) // ctx.world_size)
-    padded = np.resize(order, per_rank * ctx.world_size)
-    return indices[padded[ctx.rank :: ctx.world_size]]
-
-
-def all_reduce_mean(values: dict[str, float], ctx: DistContext) -> dict[str, float]:
-    """Average scalar metrics across ranks (identity in a single process)."""
-    if not ctx.enabled or not values:
-        return values
-    import torch
-    import torch.distributed as dist
-
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(v) / ctx.world_size for k, v in zip(keys, t.tolist(), strict=True)}
-
-
 def all_reduce_sum(tensor: Any, ctx: DistContext) -> Any:
     """Sum a tensor over ranks in place and return it (identity in a single process)."""
     if ctx.enabled:
@@ -159,15 +129,6 @@ def all_reduce_sum(tensor: Any, ctx: DistContext) -> Any:
 
         dist.all_reduce(tensor)
     return tensor
-
-
-def any_rank(flag: bool, ctx: DistContext) -> bool:
-    """True on every rank when `flag` is true on any (one collective; plain value alone)."""
-    if not ctx.enabled:
-        return flag
-    import torch
-
-    return bool(all_reduce_sum(torch.tensor([float(flag)]), ctx).item() > 0)
 
 
 def from_main(value: Any, ctx: DistContext) -> Any:
@@ -263,14 +224,6 @@ def on_every_rank(fn: Any, ctx: DistContext) -> Any:
     if first is not None:
         raise first
     return value
-
-
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if ctx.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def launch(nproc: int, argv: list[str]) -> int:

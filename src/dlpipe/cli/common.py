@@ -138,8 +138,6 @@ class Output:
     """Human output to stdout (stderr with --json), progress bars unless --quiet, one JSON result."""
 
     def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
-        from ..distributed import env_rank
-
         self.main = env_rank() == 0  # under torchrun only rank 0 talks
         self.json_mode = json_mode
         self.quiet = quiet or not self.main

@@ -139,19 +139,6 @@ def ddp(module: nn.Module, ctx: DistContext, device: torch.device, synced_bn: bo
     return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=not synced_bn)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module under DDP and torch.compile wrappers (what checkpoints store)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while True:
-        if isinstance(module, DistributedDataParallel):
-            module = module.module
-        elif type(module).__name__ == "OptimizedModule":  # torch.compile's wrapper
-            module = module._orig_mod
-        else:
-            return module
-
-
 def training_view(
     module: nn.Module, ctx: DistContext, device: torch.device, accel: Any, sync_bn: bool = True
 ) -> nn.Module:
