@@ -7,13 +7,13 @@ With `noise`, each batch is corrupted on the fly and the clean image is the targ
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
 from ..runs import RunDir
-from .gan_data import Quiet, load_image_data, share_rng
+from .gan_data import Quiet, begin_run, load_image_data, share_rng
 
 
 @dataclass
@@ -72,21 +72,9 @@ def train_autoencoder(
         state.restore(run.checkpoint("last"))
         share_rng(ctx, device)  # the saved CUDA state is rank 0's device's
 
-    def begin() -> None:  # rank 0 alone writes
-        run.report_skipped(data.skipped, out)
-        out.print(f"{data.summary}; train {len(train)}, val {len(val)}, test {len(data.heldout)}")
-        if resume:
-            run.truncate_metrics(state.epoch + 1)
-            out.print(f"resumed {run.path} after epoch {state.epoch} (step {state.step})")
-        else:
-            run.write_config(asdict(cfg))
-        processes = f"; {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
-        run.log(
-            f"ae train: {data.summary}; arch {state.arch}; noise {cfg.noise}; "
-            f"{accel.describe()}{processes}"
-        )
-
-    on_main(begin, ctx)
+    shown = f"train {len(train)}, val {len(val)}, test {len(data.heldout)}"
+    logged = f"ae train: {data.summary}; arch {state.arch}; noise {cfg.noise}"
+    begin_run(run, data, out, cfg, state, resume, shown, logged, ctx)
     started = time.perf_counter()
     run_epochs(state, train, val, data, run, out)
     return on_main(lambda: final_outputs(state, data, run, out, time.perf_counter() - started), ctx)

@@ -6,13 +6,13 @@ Stage function: `train_gan(GanConfig, run_dir) -> {"run_dir", "artifacts", "metr
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckFailed
 from ..runs import RunDir
-from .gan_data import Quiet, load_image_data, share_rng
+from .gan_data import Quiet, begin_run, load_image_data, share_rng
 
 
 @dataclass
@@ -84,18 +84,9 @@ def train_gan(
         state.restore(run.checkpoint("last"))
         share_rng(ctx, device)  # the saved CUDA state is rank 0's device's
 
-    def begin() -> None:  # rank 0 alone writes
-        run.report_skipped(data.skipped, out)
-        out.print(f"{data.summary}; training on {len(data.train)}, held out {len(data.heldout)}")
-        if resume:
-            run.truncate_metrics(state.epoch + 1)
-            out.print(f"resumed {run.path} after epoch {state.epoch} (step {state.step})")
-        else:
-            run.write_config(asdict(cfg))
-        processes = f"; {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
-        run.log(f"gan train: {data.summary}; arch {state.arch}; {accel.describe()}{processes}")
-
-    on_main(begin, ctx)
+    shown = f"training on {len(data.train)}, held out {len(data.heldout)}"
+    logged = f"gan train: {data.summary}; arch {state.arch}"
+    begin_run(run, data, out, cfg, state, resume, shown, logged, ctx)
     started = time.perf_counter()
     run_epochs(state, data, run, out)
     return on_main(lambda: final_outputs(state, data, run, out, time.perf_counter() - started), ctx)

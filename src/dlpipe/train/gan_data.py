@@ -112,6 +112,28 @@ def load_image_data(
     return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped)
 
 
+def begin_run(run: Any, data: ImageData, out: Any, cfg: Any, state: Any, resume: bool,
+              shown: str, logged: str, ctx: Any) -> None:  # fmt: skip
+    """The start of a gan/ae run, written by rank 0 alone: skipped files, the data line, config
+    (fresh) or metrics cut back to the checkpoint (resumed), and the log line."""
+    from dataclasses import asdict
+
+    from ..distributed import on_main
+
+    def write() -> None:
+        run.report_skipped(data.skipped, out)
+        out.print(f"{data.summary}; {shown}")
+        if resume:
+            run.truncate_metrics(state.epoch + 1)
+            out.print(f"resumed {run.path} after epoch {state.epoch} (step {state.step})")
+        else:
+            run.write_config(asdict(cfg))
+        processes = f"; {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
+        run.log(f"{logged}; {state.acc.describe()}{processes}")
+
+    on_main(write, ctx)
+
+
 def batches(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int]]:
     """(start, stop) of each GLOBAL batch; a trailing batch of one image is dropped (BatchNorm
     needs 2), and one with fewer rows than processes (a process would get none)."""
