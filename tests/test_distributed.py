@@ -169,3 +169,43 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     got = [json.loads((tmp_path / f"outcome{r}.json").read_text())["outcome"] for r in (0, 1)]
     assert got == ["image 7 is broken fix it"] * 2
+
+
+def test_ctrl_c_under_nproc_stops_every_rank_and_rank_0_saves(tmp_path):
+    """A terminal Ctrl-C reaches the `--nproc` launcher (torchrun runs in its own session); it is
+    handed to the ranks once, they stop at the same step, rank 0 saves, and the run continues in
+    one process."""
+    import signal
+    import time
+
+    from dlpipe.checkpoint import load_checkpoint
+
+    ck = tmp_path / "runs" / "ae" / "cut" / "checkpoints" / "last.safetensors"
+    argv = ["ae", "train", "--data", "digits", "--width", "4", "--latent", "4", "--limit", "64",
+            "--batch-size", "16", "--device", "cpu", "--quiet", "--name", "cut"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dlpipe", *argv, "--epochs", "500", "--nproc", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ck.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGINT)  # the launcher only, as a terminal's Ctrl-C would be
+    _, err = proc.communicate(timeout=120)
+    err = " ".join(err.decode().split())
+    assert proc.returncode == 130, err[-2000:]
+    assert err.count("Continue with: dlpipe ae train --resume --name cut") == 1, err[-2000:]
+    assert "Traceback" not in err
+    epoch = int(load_checkpoint(ck).state["epoch"])
+    assert epoch < 500
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dlpipe", "ae", "train", "--resume", "--name", "cut", "--epochs",
+         str(epoch + 1), "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert int(load_checkpoint(ck).state["epoch"]) == epoch + 1
