@@ -222,14 +222,10 @@ class Session:
             args = (self.model.body, self.body_hash(), self.data.ds, idx, self.preprocess, split,
                     self.device)  # fmt: skip
             with self.out.progress(f"backbone features ({split}, once)", len(idx)) as advance:
-                if collective and self.ctx.enabled:
-                    feats, labels, how = fcache.shared_features(
-                        *args, self.ctx, advance, self.cfg.feature_batch_size, accel=self.accel
-                    )
-                else:
-                    feats, labels, how = fcache.cached_features(
-                        *args, advance, self.cfg.feature_batch_size, accel=self.accel
-                    )
+                feats, labels, how = fcache.cached_features(
+                    *args, advance, self.cfg.feature_batch_size, accel=self.accel,
+                    ctx=self.ctx if collective else None,
+                )  # fmt: skip
             if split == "train":
                 self.cache_how = how
                 self.log(f"train features: {how} ({len(idx)} rows)")

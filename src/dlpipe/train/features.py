@@ -5,10 +5,10 @@ Disk cache: one safetensors file per (backbone weights hash, preprocessing, data
 indices), under $DLPIPE_CACHE_DIR or ~/.cache/dlpipe/features, with a sha256 of the tensors in its
 header that is verified before use (a corrupt or tampered file is rebuilt). Writes are atomic.
 
-Under torchrun the training split is computed collectively (`shared_features`): the ranks agree
-whether the cache is valid, on a miss each extracts its strided shard, all gather, rank 0 writes
-the same file one process would write (the cache does not depend on the number of processes) and
-every rank keeps the whole split in memory for the head.
+Under torchrun the training split is computed collectively (`cached_features` with `ctx`): the
+ranks agree whether the cache is valid, on a miss each extracts its strided shard, all gather,
+rank 0 writes the same file one process would write (the cache does not depend on the number of
+processes) and every rank keeps the whole split in memory for the head.
 """
 
 from __future__ import annotations
@@ -179,49 +179,32 @@ def cached_features(
     progress: Callable[[int], None] | None = None,
     batch_size: int = 128,
     accel: Any = None,
+    ctx: DistContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(features, labels, "memory"|"disk"|"computed") for one split, from the cache when valid.
-    One process alone (no collective): under torchrun, rank 0 uses it for val/test."""
+    """(features, labels, "memory"|"disk"|"computed"[-sharded]) for one split, from the cache when
+    valid. With a multi-process `ctx` every rank calls it together: a cache valid on every rank
+    is used; otherwise each rank extracts its strided shard once, the shards are gathered in
+    order, rank 0 writes the cache file and every rank keeps the whole. Without one (or for
+    val/test on rank 0) this process works alone."""
+    ctx = ctx or DistContext()
     key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel))
     path = cache_dir() / f"{key}.safetensors"
     hit, how = _lookup(key, path)
-    if hit is None:
-        feats = extract(body, ds, indices, preprocess, device, batch_size, progress, accel)
-        labels, info = _labels_and_info(ds, indices, split, weights_hash)
-        save(path, feats, labels, info)
-        hit, how = (feats, labels), "computed"
-    _remember(key, hit)
-    return (*hit, how)
-
-
-def shared_features(
-    body: nn.Module,
-    weights_hash: str,
-    ds: ImageDataset,
-    indices: np.ndarray,
-    preprocess: Preprocess,
-    split: str,
-    device: torch.device,
-    ctx: DistContext,
-    progress: Callable[[int], None] | None = None,
-    batch_size: int = 128,
-    accel: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """`cached_features` called by every rank together: a cache valid on every rank is used;
-    otherwise each rank extracts its strided shard once, the shards are gathered and put back in
-    order ("computed-sharded"), rank 0 writes the cache file and every rank keeps the whole."""
-    key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel))
-    path = cache_dir() / f"{key}.safetensors"
-    hit, how = _lookup(key, path)
-    wire = device if "nccl" in (ctx.backend or "") else torch.device("cpu")  # GPUs: over NCCL
-    if all_reduce_sum(torch.tensor([float(hit is None)], device=wire), ctx).item() > 0:
-        scaled = (lambda k: progress(k * ctx.world_size)) if progress else None
-        feats = _extract_sharded(body, ds, indices, preprocess, device, ctx, batch_size,
-                                 scaled, accel, wire)  # fmt: skip
+    miss = hit is None
+    if ctx.enabled:  # the ranks agree: one missing cache means all compute
+        wire = device if "nccl" in (ctx.backend or "") else torch.device("cpu")  # GPUs: NCCL
+        miss = all_reduce_sum(torch.tensor([float(miss)], device=wire), ctx).item() > 0
+    if miss:
+        if ctx.enabled:
+            scaled = (lambda k: progress(k * ctx.world_size)) if progress else None
+            feats = _extract_sharded(body, ds, indices, preprocess, device, ctx, batch_size,
+                                     scaled, accel, wire)  # fmt: skip
+        else:
+            feats = extract(body, ds, indices, preprocess, device, batch_size, progress, accel)
         labels, info = _labels_and_info(ds, indices, split, weights_hash)
         if ctx.is_main:
             save(path, feats, labels, info)
-        hit, how = (feats, labels), "computed-sharded"
+        hit, how = (feats, labels), "computed-sharded" if ctx.enabled else "computed"
     assert hit is not None
     _remember(key, hit)
     return (*hit, how)
