@@ -32,11 +32,12 @@ def blur_baseline(run_dir: Path) -> dict:
     import torch
     from scipy.ndimage import gaussian_filter
 
+    from dlpipe.config import AeConfig
+    from dlpipe.console import quiet as Quiet
     from dlpipe.metrics import psnr, ssim
     from dlpipe.runs import RunDir
-    from dlpipe.train.ae_parts import add_noise, parse_noise
-    from dlpipe.train.autoencoder import AeConfig
-    from dlpipe.train.gan_data import Quiet, load_image_data
+    from dlpipe.train.ae.parts import add_noise, parse_noise
+    from dlpipe.train.images import load_image_data
 
     cfg = AeConfig(**RunDir(run_dir).read_config())
     data = load_image_data(
@@ -64,8 +65,9 @@ def blur_baseline(run_dir: Path) -> dict:
 def run_ae(name: str, **config: object) -> dict:
     """Train one autoencoder with `config` into a scratch run folder; returns its result."""
     from dlpipe.cli.common import Output
+    from dlpipe.config import AeConfig
     from dlpipe.runs import RunDir
-    from dlpipe.train.autoencoder import AeConfig, train_autoencoder
+    from dlpipe.train.ae import train_autoencoder
 
     run = RunDir(Path(f"/tmp/dlpipe-bench-ae-{name}"))
     shutil.rmtree(run.path, ignore_errors=True)

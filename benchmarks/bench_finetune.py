@@ -96,7 +96,8 @@ def speed(n_images: int, epochs: int, size: int) -> dict[str, float]:
 
 def quality(runs: list[tuple[str, dict]]) -> list[dict]:
     """run_finetune for each (label, config overrides); wall time and held-out accuracy."""
-    from dlpipe.train.classifier import FinetuneConfig, run_finetune
+    from dlpipe.config import FinetuneConfig
+    from dlpipe.train.classifier import run_finetune
 
     rows = []
     for label, kw in runs:

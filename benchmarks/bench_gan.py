@@ -4,7 +4,7 @@ Throughput (side by side, one process, interleaved rounds): same architecture (d
 Discriminator), same batch size, same real mnist5k images at 28x28:
   reference = the loop of pytorch/examples `dcgan/main.py` (Sigmoid + BCELoss, zero_grad(),
               DataLoader over a TensorDataset of normalised float images, as a user would write it)
-  dlpipe    = `dlpipe.train.gan_loop.run_epoch` with every extra on: one-sided label smoothing,
+  dlpipe    = `dlpipe.train.gan.loop.run_epoch` with every extra on: one-sided label smoothing,
               EMA generator, NaN/Inf check and D(x)/D(G(z)) bookkeeping every step, collapse watch.
   Per-epoch evaluation (BN check/recalibration + sample grid) is timed separately and reported;
   fd/kid is excluded (it is a metric, run every K epochs).
@@ -90,11 +90,12 @@ def throughput(rounds: int, steps: int, batch: int) -> dict:
     """Interleaved rounds of reference vs dlpipe training steps on the same data."""
     import torch
 
+    from dlpipe.config import GanConfig
+    from dlpipe.console import quiet as Quiet
     from dlpipe.models.dcgan import build_discriminator, build_generator
     from dlpipe.runs import RunDir
-    from dlpipe.train.gan import GanConfig
-    from dlpipe.train.gan_data import Quiet, load_image_data
-    from dlpipe.train.gan_loop import GanState, _evaluate, run_epoch
+    from dlpipe.train.gan.loop import GanState, _evaluate, run_epoch
+    from dlpipe.train.images import load_image_data
 
     cfg = GanConfig(data="mnist5k", batch_size=batch, ema=True, fd_every=0)
     data = load_image_data("mnist5k", None, False, None, 0.0, 0.1, 0, None, 0.5, 0.5, Quiet())
@@ -140,8 +141,9 @@ def throughput(rounds: int, steps: int, batch: int) -> dict:
 
 def quality(epochs: int, record: str | None) -> dict:
     """A default `dlpipe gan train --data mnist5k` run (or an existing run's recorded results)."""
+    from dlpipe.config import GanConfig
     from dlpipe.runs import RunDir
-    from dlpipe.train.gan import GanConfig, train_gan
+    from dlpipe.train.gan import train_gan
 
     if record:
         run = RunDir(Path(record))

@@ -13,7 +13,7 @@ from dlpipe.checkpoint import load_checkpoint
 from dlpipe.errors import BadInput
 from dlpipe.models import build_from_meta
 from dlpipe.models.autoencoder import AutoEncoder
-from dlpipe.train.ae_parts import add_noise, parse_noise
+from dlpipe.train.ae.parts import add_noise, parse_noise
 from tests.conftest import parse_json
 
 TINY = ["--latent", "8", "--width", "4", "--batch-size", "8", "--quiet", "--lr", "3e-3"]

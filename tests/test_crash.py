@@ -114,7 +114,7 @@ def test_ctrl_c_saves_mid_epoch_checkpoint_and_says_how_to_resume(cli) -> None:
 
 def test_ctrl_c_in_process_before_the_first_epoch_ends(cli, monkeypatch) -> None:
     """The flag path itself: a Ctrl-C at the first step saves a resumable mid-epoch checkpoint."""
-    from dlpipe.train import gan_loop
+    from dlpipe.train.gan import loop as gan_loop
 
     real_step = gan_loop.train_step
 

@@ -26,7 +26,12 @@ from tests.conftest import parse_json
 
 DIGITS = ["--weights", "none", "--data", "digits", "--limit", "120", "--eval-limit", "40",
           "--batch-size", "32", "--device", "cpu", "--epochs", "2"]  # fmt: skip
-CACHED = ["--backbone", "mnist_cnn", *DIGITS]  # frozen backbone: the head trains on features
+CACHED = [
+    "--backbone",
+    "mnist_cnn",
+    "--freeze",
+    *DIGITS,
+]  # frozen backbone: the head trains on features
 # The whole net trains (BatchNorm synced across ranks, dropout masks of the global batch). SGD with
 # momentum: Adam divides each gradient element by its own size, so elements whose gradient is
 # ~1e-9 turn float32 summation noise into update differences of a fair share of the lr.
@@ -80,7 +85,7 @@ def test_two_processes_share_feature_extraction_and_match_one_process(cli, monke
     # the cache does not depend on the number of processes: same key, same features
     solo = Path("solo-cache/features") / sharded[0].name
     assert solo.is_file()
-    from dlpipe.train.features import load
+    from dlpipe.train.classifier.features import load
 
     (fa, ya), (fb, yb) = load(sharded[0]), load(solo)
     assert torch.equal(ya, yb)
@@ -150,7 +155,7 @@ def test_dropout_masks_are_those_of_the_global_batch() -> None:
     from torch import nn
 
     from dlpipe.distributed import DistContext
-    from dlpipe.train.classifier_loop import global_batch, global_dropout
+    from dlpipe.train.classifier.loop import global_batch, global_dropout
 
     x = torch.randn(7, 4, 5, 5).contiguous(memory_format=torch.channels_last)
     for shape_x in (x, torch.randn(7, 9)):

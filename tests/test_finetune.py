@@ -9,16 +9,18 @@ import torch
 
 from dlpipe.checkpoint import load_checkpoint
 from dlpipe.cli.common import Output
+from dlpipe.config import FinetuneConfig
 from dlpipe.errors import BadInput
 from dlpipe.runs import RunDir, create_run_dir
-from dlpipe.train.classifier import FinetuneConfig, run_finetune
+from dlpipe.train.classifier import run_finetune
 from tests.conftest import parse_json
 
-# Tiny and fast: the seed's CNN with BatchNorm on 8x8 digits, a few hundred images.
-TINY = dict(backbone="mnist_cnn_bn", weights="none", data="digits", limit=120, eval_limit=40,
+# Tiny and fast: the seed's CNN with BatchNorm on 8x8 digits, a few hundred images. --freeze makes
+# the random backbone frozen on purpose (from scratch it would train whole): the cached-feature path.
+TINY = dict(backbone="mnist_cnn_bn", weights="none", freeze=True, data="digits", limit=120, eval_limit=40,
             epochs=2, batch_size=32, device="cpu")  # fmt: skip
-ARGS = ["--backbone", "mnist_cnn_bn", "--weights", "none", "--data", "digits", "--limit", "120",
-        "--eval-limit", "40", "--batch-size", "32", "--device", "cpu"]  # fmt: skip
+ARGS = ["--backbone", "mnist_cnn_bn", "--weights", "none", "--freeze", "--data", "digits",
+        "--limit", "120", "--eval-limit", "40", "--batch-size", "32", "--device", "cpu"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +32,7 @@ def _offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _session(**kw: object):  # noqa: ANN202
-    from dlpipe.train.classifier_session import Session
+    from dlpipe.train.classifier.session import Session
 
     return Session.start(FinetuneConfig(**{**TINY, **kw}), create_run_dir("finetune"),
                          Output(quiet=True), False)  # fmt: skip
@@ -38,7 +40,7 @@ def _session(**kw: object):  # noqa: ANN202
 
 @pytest.mark.parametrize("augment", [False, True], ids=["cached", "augmented"])
 def test_frozen_run_keeps_backbone_and_bn_stats(augment: bool) -> None:
-    from dlpipe.train.classifier_train import train_all
+    from dlpipe.train.classifier.stages import train_all
 
     s = _session(augment=augment)
     before = {k: v.clone() for k, v in s.model.body.state_dict().items()}
@@ -53,7 +55,7 @@ def test_frozen_run_keeps_backbone_and_bn_stats(augment: bool) -> None:
 
 
 def test_train_bn_lets_statistics_move() -> None:
-    from dlpipe.train.classifier_train import train_all
+    from dlpipe.train.classifier.stages import train_all
 
     s = _session(train_bn=True, epochs=1)
     before = s.model.body.features[1].running_mean.clone()
@@ -68,7 +70,7 @@ def test_feature_cache_hit_miss_and_invalidation(tmp_path: Path) -> None:
 
     from dlpipe.data import Preprocess, open_source
     from dlpipe.models.backbones import build_classifier
-    from dlpipe.train import features as fc
+    from dlpipe.train.classifier import features as fc
 
     ds = open_source("digits")
     idx = np.arange(40)
@@ -170,6 +172,14 @@ def test_densenet121_from_scratch_on_an_image_folder(cli, image_folder: Path) ->
     assert res.exit_code == 0, res.output
     out = parse_json(res.stdout)
     assert out["backbone"]["replaced"] == "classifier" and out["backbone"]["feature_size"] == 1024
+    assert out["metrics"]["stage"] == "unfrozen"  # --weights none trains the whole network
+
+
+def test_explicit_freeze_of_a_random_backbone_warns(cli) -> None:
+    res = cli("finetune", *ARGS, "--epochs", "1", "--json")
+    assert res.exit_code == 0, res.output
+    assert "randomly initialised backbone" in " ".join(res.stderr.split())
+    assert parse_json(res.stdout)["metrics"]["stage"] == "frozen"
 
 
 @pytest.mark.parametrize(

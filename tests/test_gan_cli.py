@@ -149,8 +149,8 @@ def test_sample_from_run_folder(tiny_run, cli):
 
 
 def test_sample_from_onnx_without_torch(tmp_path):
+    from dlpipe.export.sample import latents, sample_onnx
     from dlpipe.models.dcgan import Generator, init_weights
-    from dlpipe.train.gan_sample import latents, sample_onnx
 
     torch.manual_seed(0)
     g = Generator(nz=8, ngf=4, image_size=16, channels=3)

@@ -11,7 +11,7 @@ from torch import nn
 from dlpipe.errors import BadInput
 from dlpipe.models import build_from_meta
 from dlpipe.models.dcgan import Discriminator, Generator, build_generator, init_weights, stages
-from dlpipe.train.gan_eval import bn_gap, ema_update, export_generator, recalibrate_bn
+from dlpipe.train.gan.evaluate import bn_gap, ema_update, export_generator, recalibrate_bn
 
 
 @pytest.mark.parametrize("size", [28, 32, 64])
@@ -102,8 +102,8 @@ class _Recorder:
 
 
 def _state(collapse_steps: int = 5):
-    from dlpipe.train.gan import GanConfig
-    from dlpipe.train.gan_loop import GanState
+    from dlpipe.config import GanConfig
+    from dlpipe.train.gan.loop import GanState
 
     cfg = GanConfig(collapse_steps=collapse_steps)
     arch = {"nz": 8, "ngf": 4, "ndf": 4, "image_size": 16, "channels": 1}
@@ -113,7 +113,7 @@ def _state(collapse_steps: int = 5):
 
 
 def test_collapse_warning_once_after_streak():
-    from dlpipe.train.gan_loop import _check_step
+    from dlpipe.train.gan.loop import _check_step
 
     s, out = _state(collapse_steps=5), _Recorder()
     for i in range(4):
@@ -125,8 +125,8 @@ def test_collapse_warning_once_after_streak():
 
 
 def test_injected_nan_names_epoch_and_step():
-    from dlpipe.train.gan import Diverged
-    from dlpipe.train.gan_loop import _check_step
+    from dlpipe.errors import Diverged
+    from dlpipe.train.gan.loop import _check_step
 
     s = _state()
     s.step = 41

@@ -36,6 +36,10 @@ class CheckFailed(DlpipeError):
     exit_code = EXIT_CHECK_FAILED
 
 
+class Diverged(CheckFailed):
+    """A loss became NaN/Inf: training stops, the last good checkpoint stays (exit code 1)."""
+
+
 class EnvironmentProblem(DlpipeError):
     """Something missing from this machine: a package, a device, a provider (exit code 3)."""
 

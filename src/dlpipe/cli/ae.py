@@ -93,10 +93,11 @@ def train(
     Example: dlpipe ae train --data mnist5k --noise gaussian:0.3 (several processes: add
     --nproc N, or run it under torchrun; --batch-size stays the global batch).
     """
+    from ..config import AeConfig
     from ..distributed import on_main, setup
     from ..runs import create_run_dir, run_to_resume, tidy_on_failure
     from ..train.accel import Accel
-    from ..train.autoencoder import AeConfig, train_autoencoder
+    from ..train.ae import train_autoencoder
     from .gan import config_from_run
 
     out = Output(json_out, quiet)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import functools
-import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from ..console import Output  # noqa: F401 - re-exported for the commands
 from ..distributed import env_rank
 from ..errors import DlpipeError, NotImplementedYet
 
@@ -132,64 +130,6 @@ ResumeOpt = Annotated[
         help="Continue the run named by --name (or the latest) from its last checkpoint.",
     ),
 ]
-
-
-class Output:
-    """Human output to stdout (stderr with --json), progress bars unless --quiet, one JSON result."""
-
-    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
-        self.main = env_rank() == 0  # under torchrun only rank 0 talks
-        self.json_mode = json_mode
-        self.quiet = quiet or not self.main
-        self.console = Console(stderr=json_mode, quiet=self.quiet, highlight=False)
-        self.err = Console(stderr=True, quiet=not self.main, highlight=False)
-
-    def print(self, *args: Any, **kwargs: Any) -> None:
-        """Human output (silenced by --quiet)."""
-        self.console.print(*args, **kwargs)
-
-    def warn(self, message: str) -> None:
-        """A warning on stderr, shown even with --quiet."""
-        self.err.print(f"[yellow]warning:[/] {message}")
-
-    @contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
-        """A rich progress bar; yields `advance(n=1, **fields)`. Disabled by --quiet."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        if self.quiet:
-            yield lambda n=1, **fields: None
-            return
-        columns = [
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-        ]
-        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-            task = bar.add_task(description, total=total, info="")
-
-            def advance(n: int = 1, info: str | None = None) -> None:
-                bar.update(task, advance=n, **({"info": info} if info is not None else {}))
-
-            yield advance
-
-    def result(self, payload: dict[str, Any], human: str | None = None) -> None:
-        """The command's final word: one JSON object (--json) or a line saying where things went."""
-        if not self.main:
-            return
-        if self.json_mode:
-            sys.stdout.write(json.dumps(payload, default=str) + "\n")
-            sys.stdout.flush()
-        elif human:
-            self.console.print(human)
 
 
 def command(func: F) -> F:

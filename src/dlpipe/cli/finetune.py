@@ -82,8 +82,14 @@ def finetune(
         float, _O("--dropout", min=0.0, max=0.95, help="Dropout in the head.")
     ] = 0.0,
     freeze: Annotated[
-        bool, _O("--freeze/--no-freeze", help="Freeze the backbone, BatchNorm statistics included.")
-    ] = True,  # fmt: skip
+        bool | None,
+        _O(
+            "--freeze/--no-freeze",
+            help="Freeze the backbone, BatchNorm statistics included [default: freeze pretrained "
+            "weights; train the whole network from scratch with --weights none].",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
     train_bn: Annotated[
         bool, _O("--train-bn", help="With --freeze: let BatchNorm layers train.")
     ] = False,  # fmt: skip
@@ -167,8 +173,9 @@ def finetune(
         _list(out, list_backbones)
         return
     launch_if_asked(ctx, nproc, device)
+    from ..config import FinetuneConfig
     from ..runs import tidy_on_failure
-    from ..train.classifier import FinetuneConfig, run_finetune
+    from ..train.classifier import run_finetune
 
     values = {k: v for k, v in ctx.params.items() if k in FinetuneConfig.__dataclass_fields__}
     values["data_root"] = str(data_root) if data_root else None
@@ -182,10 +189,10 @@ def finetune(
 def _run_and_config(ctx: typer.Context, values: dict, runs_dir, name, exist_ok, resume):  # noqa: ANN001, ANN202
     """A fresh run folder, or on --resume the old one with its saved options (explicit flags win).
     Under torchrun rank 0 picks the folder and every rank uses it."""
+    from ..config import FinetuneConfig
     from ..distributed import on_main, setup
     from ..runs import create_run_dir, run_to_resume
     from ..train.accel import Accel
-    from ..train.classifier import FinetuneConfig
 
     dist_ctx, device = setup(values["device"])
     Accel.create(values["amp"], values["compile"], device)  # bad --amp: no run folder is made

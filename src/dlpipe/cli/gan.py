@@ -127,10 +127,11 @@ def train(
     Example: dlpipe gan train --data mnist5k --epochs 20 (on 4 GPUs: add --nproc 4, or run it
     with torchrun --nproc-per-node 4 -m dlpipe gan train ...; --batch-size stays the global batch).
     """
+    from ..config import GanConfig
     from ..distributed import on_main, setup
     from ..runs import create_run_dir, run_to_resume, tidy_on_failure
     from ..train.accel import Accel
-    from ..train.gan import GanConfig, train_gan
+    from ..train.gan import train_gan
 
     out = Output(json_out, quiet)
     launch_if_asked(ctx, nproc, device)
@@ -190,7 +191,7 @@ def sample(
 
     Example: dlpipe gan sample runs/gan/exp -n 64 --out grid.png --seed 1
     """
-    from ..train.gan_sample import sample_grid
+    from ..export.sample import sample_grid
 
     out = Output(json_out, quiet)
     info = sample_grid(model, n, out_path, seed=seed, interpolate=interpolate)

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..checkpoint import load_checkpoint
-from ..plots import plot_confusion, plot_curves
-from .classifier_loop import evaluate
-from .classifier_session import Session
+from ...checkpoint import load_checkpoint
+from ...plots import plot_confusion, plot_curves
+from .loop import evaluate
+from .session import Session
 
 
 def confusion(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -29,7 +29,7 @@ def held_out(s: Session) -> dict[str, Any]:
         s.model.load_state_dict(load_checkpoint(best, str(s.device)).weights["model"])
     s.model.eval()
     split = "test" if len(s.data.test) else "val"
-    frozen = s.cfg.freeze and s.stage == "frozen"
+    frozen = s.cfg.frozen and s.stage == "frozen"
     src, fwd = s.source(split, frozen)
     res, pred = evaluate(fwd, src, nn.CrossEntropyLoss(), accel=s.accel)
     true = src.labels.cpu().numpy()
@@ -77,7 +77,7 @@ def finish(s: Session) -> dict[str, Any]:
 
 def _rewrite_metrics(s: Session, name: str, metrics: dict[str, Any]) -> None:
     """Re-save a checkpoint with meta['metrics'] filled in (state and weights unchanged)."""
-    from ..checkpoint import save_checkpoint
+    from ...checkpoint import save_checkpoint
 
     ck = load_checkpoint(s.run.checkpoint(name))
     ck.meta["metrics"] = metrics
@@ -99,7 +99,8 @@ def summary(s: Session, metrics: dict[str, Any], artifacts: dict[str, str]) -> N
     pre = s.preprocess
     t.add_row("input", f"resize {pre.resize} crop {pre.crop} -> {pre.channels}x{pre.output_size}"
               f" ({pre.interpolation})")  # fmt: skip
-    t.add_row("training", f"{metrics['epochs_run']} epochs, stage {s.stage}, features "
+    t.add_row("training", f"{metrics['epochs_run']} epochs, stage {s.stage}"
+              f"{'' if s.cfg.pretrained else ' (from scratch)'}, features "
               f"{metrics['feature_cache']}, {metrics['seconds']} s")  # fmt: skip
     t.add_row("best val acc", f"{metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']})")
     t.add_row(f"held-out acc ({metrics['held_out_split']}, n={metrics['held_out_size']})",

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics.distances import frechet_distance, kernel_distance
-from ..plots import image_grid, save_png
+from ...metrics.distances import frechet_distance, kernel_distance
+from ...plots import image_grid, save_png
 
 FD_KEY = "fd_mobilenet_v2"
 KID_KEY = "kid_mobilenet_v2"
@@ -80,7 +80,7 @@ def export_generator(
 
     The copy runs in train mode on rank 0 alone, so BatchNorm synced across processes is made
     plain again on it (a synced layer would wait for the other processes forever)."""
-    from .parallel import plain_batchnorm
+    from ..parallel import plain_batchnorm
 
     out = plain_batchnorm(copy.deepcopy(g)).eval()
     before = bn_gap(out, nz, device)
@@ -109,7 +109,7 @@ class QualityMeter:
     (training vs held-out images, same count) computed once."""
 
     def __init__(self, train: np.ndarray, heldout: np.ndarray, max_images: int, size: int):
-        from ..metrics.features import extract
+        from ...metrics.features import extract
 
         self.size = size
         self.n = min(len(heldout), len(train), max_images)
@@ -127,7 +127,7 @@ class QualityMeter:
     @torch.no_grad()
     def measure(self, g: nn.Module, nz: int, device: Any, seed: int = 2024) -> dict[str, float]:
         """Distances of `self.n` samples of the (eval-mode) generator `g` to the held-out images."""
-        from ..metrics.features import extract
+        from ...metrics.features import extract
 
         gen = torch.Generator().manual_seed(seed)
 

@@ -16,19 +16,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..distributed import DistContext, all_reduce_sum, on_main
-from ..errors import CheckFailed
-from ..models.autoencoder import AutoEncoder, build_autoencoder
-from ..plots import plot_curves
-from ..runs import RunDir
-from ..runtime import rng_state, set_rng_state
-from .accel import Accel
-from .ae_parts import RawOutput, add_noise, evaluate, save_triplets
-from .autoencoder import AeConfig
-from .gan_data import ImageData, agree_stop, batches, rows_of, share_rng, weighted
-from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
-from .parallel import training_view
+from ...checkpoint import load_checkpoint, save_checkpoint
+from ...config import AeConfig
+from ...distributed import DistContext, all_reduce_sum, on_main
+from ...errors import CheckFailed
+from ...models.autoencoder import AutoEncoder, build_autoencoder
+from ...plots import plot_curves
+from ...runs import RunDir
+from ...runtime import rng_state, set_rng_state
+from ..accel import Accel
+from ..images import ImageData, agree_stop, batches, rows_of, share_rng, weighted
+from ..interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
+from ..parallel import training_view
+from .parts import RawOutput, add_noise, evaluate, save_triplets
 
 
 @dataclass

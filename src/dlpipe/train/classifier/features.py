@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
-from ..data import Preprocess
-from ..data.arrays import decode_workers, decoded_batches
-from ..data.sources import ImageDataset
-from ..distributed import (
+from ...atomic import atomic_path
+from ...data import Preprocess
+from ...data.arrays import decode_workers, decoded_batches
+from ...data.sources import ImageDataset
+from ...distributed import (
     DistContext,
     all_reduce_sum,
     env_world_size,

@@ -16,19 +16,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import save_checkpoint
-from ..distributed import from_main
-from ..errors import BadInput
-from ..runtime import rng_state
-from .classifier_loop import NanLoss, StepPlan, evaluate, train_epoch, train_mode
-from .classifier_session import Session
-from .interrupt import save_or_explain
-from .optim import trainable
+from ...checkpoint import save_checkpoint
+from ...distributed import from_main
+from ...errors import BadInput
+from ...runtime import rng_state
+from ..interrupt import save_or_explain
+from ..optim import trainable
+from .loop import NanLoss, StepPlan, evaluate, train_epoch, train_mode
+from .session import Session
 
 
 def meta_of(s: Session, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint description (see the checkpoint contract in dlpipe.models)."""
-    from ..models.backbones import arch_meta
+    from ...models.backbones import arch_meta
 
     c, ds = s.cfg, s.data.ds
     return {
@@ -113,7 +113,7 @@ def _train_epochs(s: Session) -> None:
         if c.stop_after is not None and ran >= c.stop_after:
             return
         frozen = s.frozen_at(s.epoch)
-        if not frozen and s.stage == "frozen" and c.freeze:
+        if not frozen and s.stage == "frozen" and c.frozen:
             s.unfreeze()
         src, module = s.source("train", frozen, collective=True)
         view = s.training_module(module)

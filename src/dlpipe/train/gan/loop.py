@@ -20,16 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..distributed import DistContext, all_reduce_sum, on_main
-from ..models.dcgan import build_discriminator, build_generator
-from ..plots import plot_curves
-from ..runs import RunDir
-from ..runtime import rng_state, set_rng_state
-from .accel import Accel
-from .gan import Diverged, GanConfig
-from .gan_data import ImageData, agree_stop, batches, rows_of, share_rng, weighted
-from .gan_eval import (
+from ...checkpoint import load_checkpoint, save_checkpoint
+from ...config import GanConfig
+from ...distributed import DistContext, all_reduce_sum, on_main
+from ...errors import Diverged
+from ...models.dcgan import build_discriminator, build_generator
+from ...plots import plot_curves
+from ...runs import RunDir
+from ...runtime import rng_state, set_rng_state
+from ..accel import Accel
+from ..images import ImageData, agree_stop, batches, rows_of, share_rng, weighted
+from ..interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
+from ..parallel import training_view
+from .evaluate import (
     FD_KEY,
     KID_KEY,
     QualityMeter,
@@ -39,8 +42,6 @@ from .gan_eval import (
     save_grid,
     to_uint8,
 )
-from .interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
-from .parallel import training_view
 
 
 @dataclass

@@ -17,22 +17,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint
-from ..data import Preprocess, make_split, open_source
-from ..data.arrays import decode_workers, pixels_of, shared_pixels
-from ..data.sources import ImageDataset
-from ..data.splits import subsample
-from ..distributed import DistContext, setup
-from ..errors import BadInput
-from ..models.backbones import arch_meta, build_classifier, parse_backbone, preprocess_for
-from ..runs import RunDir
-from ..runtime import seed_everything, set_rng_state
+from ...checkpoint import load_checkpoint
+from ...config import FinetuneConfig
+from ...data import Preprocess, make_split, open_source
+from ...data.arrays import decode_workers, pixels_of, shared_pixels
+from ...data.sources import ImageDataset
+from ...data.splits import subsample
+from ...distributed import DistContext, setup
+from ...errors import BadInput
+from ...models.backbones import arch_meta, build_classifier, parse_backbone, preprocess_for
+from ...runs import RunDir
+from ...runtime import seed_everything, set_rng_state
+from ..accel import Accel
+from ..optim import check_combination, make_optimizer, trainable
+from ..parallel import training_view
 from . import features as fcache
-from .accel import Accel
-from .classifier import FinetuneConfig
-from .classifier_loop import Source, global_dropout, set_frozen
-from .optim import check_combination, make_optimizer, trainable
-from .parallel import training_view
+from .loop import Source, global_dropout, set_frozen
 
 
 @dataclass
@@ -88,9 +88,9 @@ class Session:
     @classmethod
     def start(cls, cfg: FinetuneConfig, run: RunDir, out: Any, resume: bool) -> Session:
         """Validate options, open data, build the model (fresh or from last.safetensors)."""
-        staged = cfg.freeze and cfg.unfreeze_after is not None
+        staged = cfg.frozen and cfg.unfreeze_after is not None
         check_combination(cfg.optimizer, cfg.scheduler, cfg.warmup_epochs, staged)
-        if cfg.unfreeze_after is not None and not cfg.freeze:
+        if cfg.unfreeze_after is not None and not cfg.frozen:
             raise BadInput("--unfreeze-after needs a frozen start.", hint="Drop --no-freeze.")
         spec = parse_backbone(cfg.backbone)  # unknown names fail before data is read
         ctx, device = setup(cfg.device)
@@ -99,6 +99,11 @@ class Session:
         data = Data.open(cfg)
         if ctx.is_main:
             run.report_skipped(data.ds.skipped, out)
+            if cfg.freeze and not cfg.pretrained and cfg.unfreeze_after is None:
+                out.warn(
+                    "--freeze with --weights none freezes a randomly initialised backbone: only "
+                    "the head learns. Drop --freeze to train the whole network from scratch."
+                )
         ckpt = load_checkpoint(run.checkpoint("last")) if resume else None
         if resume and not run.checkpoint("last").exists():
             raise BadInput(f"Nothing to resume in {run.path}.", hint="Start it without --resume.")
@@ -141,7 +146,7 @@ class Session:
     def frozen_at(self, epoch: int) -> bool:
         """Is the backbone frozen during `epoch` (0-based)?"""
         c = self.cfg
-        return c.freeze and (c.unfreeze_after is None or epoch < c.unfreeze_after)
+        return c.frozen and (c.unfreeze_after is None or epoch < c.unfreeze_after)
 
     def _setup_optimizer(self) -> None:
         set_frozen(self.model, self.frozen_at(self.epoch), self.cfg.train_bn)
@@ -274,12 +279,12 @@ def _accel(cfg: FinetuneConfig, device: torch.device) -> Accel:
 
 def _resolve_weights(spec: Any, cfg: FinetuneConfig) -> Any:
     """Pretrained weights for the backbone family (offline first); None for native models."""
-    from ..weights import Resolved, from_path, resolve_timm, resolve_torchvision
+    from ...weights import Resolved, from_path, resolve_timm, resolve_torchvision
 
     if spec.family == "torchvision":
         return resolve_torchvision(spec.arch, cfg.weights)
     if spec.family == "timm":
-        from ..compat import import_timm
+        from ...compat import import_timm
 
         pcfg = import_timm().models.get_pretrained_cfg(spec.arch)
         return resolve_timm(spec.arch, pcfg.to_dict() if pcfg else {}, cfg.weights)

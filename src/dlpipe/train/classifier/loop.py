@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Preprocess
-from ..distributed import DistContext, all_reduce_sum
-from .accel import Accel
-from .optim import apply_lr, lr_factor
+from ...data import Preprocess
+from ...distributed import DistContext, all_reduce_sum
+from ..accel import Accel
+from ..optim import apply_lr, lr_factor
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 

@@ -1,10 +1,8 @@
-"""Data and console plumbing shared by the GAN and autoencoder loops (in memory, uint8 NCHW),
-and their data-parallel helpers: global batches, this process's rows, agreed stops."""
+"""Image data shared by the GAN and autoencoder loops (in memory, uint8 NCHW), and their
+data-parallel helpers: global batches, this process's rows, agreed stops."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,21 +18,6 @@ if TYPE_CHECKING:
     import torch
 
     from ..distributed import DistContext
-
-
-class Quiet:
-    """A silent stand-in for cli.common.Output when a loop is called as a library function."""
-
-    def print(self, *args: Any, **kwargs: Any) -> None:
-        """Ignore human output."""
-
-    def warn(self, message: str) -> None:
-        """Warnings still reach the log through the caller; nothing to print here."""
-
-    @contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
-        """A progress callback that does nothing."""
-        yield lambda n=1, **fields: None
 
 
 @dataclass

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BadInput
-from ..metrics.image import psnr, ssim
-from ..plots import image_grid, save_png
+from ...errors import BadInput
+from ...metrics.image import psnr, ssim
+from ...plots import image_grid, save_png
 
 NOISE_KINDS = {
     "gaussian": "add N(0, sigma^2) per pixel, clip to [0, 1] (level = sigma, e.g. 0.3)",

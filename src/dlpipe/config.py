@@ -1,0 +1,214 @@
+"""Every training command's options, in one place: default, sane range, choices and help per field.
+
+The CLI, pipeline files and the Python API all build these dataclasses; `tests/test_config.py`
+checks that each Typer option has the default, range and choices written here. No torch import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from .errors import BadInput
+
+C = TypeVar("C", bound="ConfigBase")
+
+
+def knob(
+    default: Any,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A config field with its default and the metadata the CLI and checks read."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "lo": lo, "hi": hi, "choices": choices}
+    )
+
+
+class ConfigBase:
+    """Shared behaviour: dict round trip and checking values against the field metadata."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (saved as the run's config.yaml)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], *, strict: bool = False) -> C:
+        """Inverse of to_dict. Unknown keys are ignored, or refused with the closest name."""
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(names))
+        if strict and unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            raise BadInput(
+                f"{cls.__name__}: unknown option {unknown[0]!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + ".",
+                hint=f"Valid options: {', '.join(names)}.",
+            )
+        cfg = cls(**{k: v for k, v in data.items() if k in names})
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Every value within its field's range and choices, or BadInput naming the option."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value, meta = getattr(self, f.name), f.metadata
+            flag = "--" + f.name.replace("_", "-")
+            if value is None or isinstance(value, bool):
+                continue
+            if meta.get("choices") and value not in meta["choices"]:
+                close = difflib.get_close_matches(str(value), meta["choices"], n=1)
+                raise BadInput(
+                    f"{flag} {value!r} is not one of {', '.join(meta['choices'])}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                    + "."
+                )
+            if isinstance(value, int | float):
+                lo, hi = meta.get("lo"), meta.get("hi")
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
+                    bounds = (
+                        f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+                    )
+                    raise BadInput(f"{flag} {value} is outside its range {bounds}.")
+
+
+AMP = ("off", "bf16", "fp16")
+
+
+@dataclass
+class FinetuneConfig(ConfigBase):
+    """Every option of `dlpipe finetune` (the CLI flags and a pipeline stage map onto this)."""
+
+    backbone: str = knob("mobilenet_v2", "torchvision name, timm/<name>, or mnist_cnn[_bn]")
+    data: str = knob("mnist5k", "built-in set or folder (ImageFolder)")
+    data_root: str | None = knob(None, "where a built-in set lives, if not the default place")
+    weights: str = knob("DEFAULT", "DEFAULT | torchvision enum name | none | state-dict path")
+    image_size: int | None = knob(None, "resize side, no crop (None: the weights' own)", lo=8)
+    head: str = knob("linear", "linear | mlp", choices=("linear", "mlp"))
+    hidden: int | None = knob(None, "mlp width; None -> 256 (sane 64-1024)", lo=1)
+    dropout: float = knob(0.0, "dropout before the head's last layer (0-0.5)", lo=0.0, hi=0.95)
+    # None: freeze a pretrained backbone, train a from-scratch one (--weights none) whole
+    freeze: bool | None = knob(None, "freeze the backbone, BatchNorm statistics included")
+    train_bn: bool = knob(False, "with freeze: let BatchNorm layers train")
+    unfreeze_after: int | None = knob(None, "unfreeze the backbone after K epochs", lo=0)
+    backbone_lr_mult: float | None = knob(None, "backbone lr = lr x this (0.1 / 1)", lo=0.0)
+    augment: bool = knob(False, "random resized crop each step (no feature cache)")
+    hflip: bool = knob(False, "with augment: random horizontal flips")
+    optimizer: str = knob(
+        "adamw",
+        "optimizer",
+        choices=("sgd", "momentum", "nesterov", "adam", "adamw", "lbfgs"),
+    )
+    lr: float = knob(1e-3, "head learning rate (adamw 1e-4..3e-3; sgd 1e-2..1e-1)", lo=0.0)
+    weight_decay: float = knob(1e-4, "decoupled for adamw, L2 otherwise (0-0.05)", lo=0.0)
+    scheduler: str = knob("cosine", "lr schedule", choices=("none", "cosine", "step", "onecycle"))
+    warmup_epochs: float = knob(0.0, "linear warmup length in epochs (0-5)", lo=0.0)
+    label_smoothing: float = knob(0.0, "0-0.2", lo=0.0, hi=0.5)
+    epochs: int = knob(10, "passes over the training split", lo=1)
+    batch_size: int = knob(64, "images (or feature rows) per step", lo=1)
+    patience: int | None = knob(None, "early stop after N epochs without val-loss gain", lo=1)
+    val_fraction: float = knob(0.1, "share of each class for validation", lo=0.0, hi=0.9)
+    test_fraction: float = knob(0.1, "share held out for the final test", lo=0.0, hi=0.9)
+    limit: int | None = knob(None, "at most N training images (stratified)", lo=1)
+    eval_limit: int | None = knob(None, "at most N validation and N test images", lo=1)
+    seed: int = knob(0, "split, init, data order")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N")
+    deterministic: bool = knob(False, "bit-reproducible kernels")
+    amp: str = knob("off", "mixed precision", choices=AMP)
+    compile: bool = knob(False, "torch.compile the training module")
+    sync_bn: bool = knob(True, "with several processes: BatchNorm statistics of the global batch")
+    strict: bool = knob(False, "fail on unreadable files instead of skipping them")
+    feature_batch_size: int = knob(128, "batch of the one-off backbone pass (32-512)", lo=1)
+    stop_after: int | None = knob(None, "stop after N epochs this call, as if interrupted", lo=1)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the backbone starts from pretrained weights."""
+        return self.weights.lower() != "none"
+
+    @property
+    def frozen(self) -> bool:
+        """The resolved --freeze: a from-scratch backbone trains whole unless frozen explicitly."""
+        if self.freeze is None:  # a staged run starts frozen whatever its weights
+            return self.pretrained or self.unfreeze_after is not None
+        return self.freeze
+
+    @property
+    def body_lr_mult(self) -> float:
+        """Backbone lr multiplier after the pretrained/scratch default."""
+        if self.backbone_lr_mult is not None:
+            return self.backbone_lr_mult
+        return 0.1 if self.pretrained else 1.0
+
+    def cacheable(self, frozen: bool) -> bool:
+        """Features can be cached while the backbone is frozen, unaugmented, its BN fixed."""
+        return frozen and not self.augment and not self.train_bn
+
+
+@dataclass
+class GanConfig(ConfigBase):
+    """Everything `dlpipe gan train` needs; the YAML stage `gan` maps onto the same fields."""
+
+    data: str = knob("mnist5k", "built-in set or folder (labels are ignored)")
+    data_root: str | None = knob(None, "where a built-in set's files are, if not the default")
+    strict: bool = knob(False, "fail on unreadable files instead of skipping them")
+    image_size: int | None = knob(None, "output side 28|32|64; None = the data's side")
+    nz: int = knob(100, "latent size; 64-128 is the usual range", lo=1, hi=4096)
+    ngf: int | None = knob(None, "G base channels; None = 32 up to 32 px, 64 above", lo=1, hi=1024)
+    ndf: int | None = knob(None, "D base channels; None = same rule as ngf", lo=1, hi=1024)
+    epochs: int = knob(20, "passes over the training images; mnist5k shows digits after ~10", lo=1)
+    batch_size: int = knob(64, "images per step; 64-128 (DCGAN paper: 128)", lo=1)
+    lr: float = knob(2e-4, "Adam learning rate for G and D (DCGAN: 2e-4)", lo=0.0)
+    beta1: float = knob(0.5, "Adam beta1 (DCGAN: 0.5; 0.9 oscillates)", lo=0.0, hi=0.999)
+    label_smoothing: float = knob(0.9, "D's target for real images; 1.0 = off", lo=0.5, hi=1.0)
+    ema: bool = knob(False, "export an exponential-moving-average generator")
+    ema_decay: float = knob(0.999, "EMA decay per step (with warm-up); 0.99-0.9999", lo=0.0, hi=1.0)
+    d_steps: int = knob(1, "discriminator updates per generator update; 1-5", lo=1, hi=100)
+    val_fraction: float = knob(0.0, "a GAN needs no validation split", lo=0.0, hi=0.9)
+    test_fraction: float = knob(0.1, "held-out share: the real images fd/kid compare against", lo=0.0, hi=0.9)  # fmt: skip
+    limit: int | None = knob(None, "use at most N training images", lo=1)
+    fd_every: int = knob(5, "fd/kid every K epochs and at the end; 0 = never", lo=0)
+    fd_images: int = knob(1000, "at most this many images per side for fd/kid", lo=2, hi=100_000)
+    fd_image_size: int = knob(96, "side fed to mobilenet_v2 for features", lo=32, hi=512)
+    collapse_steps: int = knob(200, "warn when D wins for this many consecutive steps", lo=1)
+    seed: int = knob(0, "split, initialisation, noise and data order")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N")
+    deterministic: bool = knob(False, "bit-reproducible kernels")
+    amp: str = knob("off", "mixed precision", choices=AMP)
+    compile: bool = knob(False, "torch.compile G and D for training")
+    sync_bn: bool = knob(True, "with several processes: BatchNorm statistics of the global batch")
+
+    def resolved_channels(self, image_size: int) -> tuple[int, int]:
+        """(ngf, ndf) after the size-dependent defaults."""
+        auto = 32 if image_size <= 32 else 64
+        return self.ngf or auto, self.ndf or self.ngf or auto
+
+
+@dataclass
+class AeConfig(ConfigBase):
+    """Everything `dlpipe ae train` needs; the YAML stage `ae` maps onto the same fields."""
+
+    data: str = knob("mnist5k", "built-in set or folder (labels are ignored)")
+    data_root: str | None = knob(None, "where a built-in set's files are, if not the default")
+    strict: bool = knob(False, "fail on unreadable files instead of skipping them")
+    image_size: int | None = knob(None, "side; None = the data's side (28 for MNIST)")
+    latent: int = knob(32, "bottleneck size; 16-128 (smaller compresses more)", lo=1, hi=65536)
+    width: int = knob(32, "channels of the first conv stage, doubled per stage; 16-64", lo=1, hi=1024)  # fmt: skip
+    noise: str | None = knob(None, "gaussian:0.3 | saltpepper:0.1 | mask:0.25; None = plain AE")
+    loss: str = knob("mse", "per-pixel loss", choices=("mse", "bce"))
+    epochs: int = knob(10, "passes over the training images", lo=1)
+    batch_size: int = knob(64, "images per step; 32-256", lo=1)
+    lr: float = knob(2e-3, "Adam learning rate; 5e-4 - 3e-3", lo=0.0)
+    val_fraction: float = knob(0.1, "share held out for per-epoch validation", lo=0.0, hi=0.9)
+    test_fraction: float = knob(0.1, "share held out for the final PSNR/SSIM", lo=0.0, hi=0.9)
+    limit: int | None = knob(None, "use at most N training images", lo=1)
+    seed: int = knob(0, "split, initialisation, noise and data order")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N")
+    deterministic: bool = knob(False, "bit-reproducible kernels")
+    amp: str = knob("off", "mixed precision", choices=AMP)
+    compile: bool = knob(False, "torch.compile the training model")

@@ -1,0 +1,49 @@
+"""`dlpipe gan train`: the DCGAN recipe, top to bottom. Plumbing: ../images.py, loop.py, evaluate.py.
+
+Stage function: `train_gan(GanConfig, run_dir) -> {"run_dir", "artifacts", "metrics"}`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ...config import GanConfig
+from ...console import quiet
+from ...runs import RunDir
+from ..images import begin_run, load_image_data, share_rng
+
+
+def train_gan(
+    cfg: GanConfig, run_dir: RunDir | Path, out: Any = None, resume: bool = False
+) -> dict[str, Any]:
+    """Train a DCGAN into `run_dir`; returns run_dir, artifacts and final metrics.
+
+    Under torchrun every process trains its rows of each global batch; rank 0 alone writes and
+    evaluates, and every process returns rank 0's result."""
+    from ...distributed import on_main, setup
+    from ...runtime import seed_everything
+    from ..accel import Accel
+    from .loop import GanState, final_outputs, run_epochs
+
+    out = out or quiet()
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+    seed_everything(cfg.seed, cfg.deterministic)
+    ctx, device = setup(cfg.device)
+    accel = Accel.create(cfg.amp, cfg.compile, device)
+    data = load_image_data(
+        cfg.data, cfg.data_root, cfg.strict, cfg.image_size, cfg.val_fraction,
+        cfg.test_fraction, cfg.seed, cfg.limit, 0.5, 0.5, out,
+    )  # fmt: skip
+    state = GanState.create(cfg, data, device, ctx, accel)
+    if resume:
+        state.restore(run.checkpoint("last"))
+        share_rng(ctx, device)  # the saved CUDA state is rank 0's device's
+
+    shown = f"training on {len(data.train)}, held out {len(data.heldout)}"
+    logged = f"gan train: {data.summary}; arch {state.arch}"
+    begin_run(run, data, out, cfg, state, resume, shown, logged, ctx)
+    started = time.perf_counter()
+    run_epochs(state, data, run, out)
+    return on_main(lambda: final_outputs(state, data, run, out, time.perf_counter() - started), ctx)
