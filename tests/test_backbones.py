@@ -84,3 +84,12 @@ def test_build_from_meta_rebuilds_the_same_module() -> None:
     x = torch.randn(3, 1, 28, 28)
     model.eval(), again.eval()
     torch.testing.assert_close(model(x), again(x))
+
+
+def test_backbones_list_command_filters_by_pattern(cli):
+    from tests.conftest import parse_json
+
+    res = cli("backbones", "list", "mnist*", "--json")
+    assert res.exit_code == 0, res.output
+    names = {r["name"] for r in parse_json(res.stdout)["backbones"]}
+    assert names == {"mnist_cnn", "mnist_cnn_bn"}

@@ -172,7 +172,7 @@ def test_pipeline_rerun_after_kill_resumes_the_cut_stage(cli) -> None:
     _wait_for(ck, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    res = cli("run", "p.yaml", "--json", "--quiet")
+    res = cli("run", "p.yaml", "--json")  # human output (the resume line) goes to stderr
     assert res.exit_code == 0, res.output
     from tests.conftest import parse_json
 

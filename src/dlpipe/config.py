@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .errors import BadInput
 
 C = TypeVar("C", bound="ConfigBase")
+REQUIRED: Any = dataclasses.MISSING  # a knob without a default: the caller must give it
 
 
 def knob(
@@ -57,24 +58,27 @@ class ConfigBase:
     def check(self) -> None:
         """Every value within its field's range and choices, or BadInput naming the option."""
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value, meta = getattr(self, f.name), f.metadata
-            flag = "--" + f.name.replace("_", "-")
-            if value is None or isinstance(value, bool):
-                continue
-            if meta.get("choices") and value not in meta["choices"]:
-                close = difflib.get_close_matches(str(value), meta["choices"], n=1)
-                raise BadInput(
-                    f"{flag} {value!r} is not one of {', '.join(meta['choices'])}"
-                    + (f" (did you mean {close[0]!r}?)" if close else "")
-                    + "."
-                )
-            if isinstance(value, int | float):
-                lo, hi = meta.get("lo"), meta.get("hi")
-                if (lo is not None and value < lo) or (hi is not None and value > hi):
-                    bounds = (
-                        f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
-                    )
-                    raise BadInput(f"{flag} {value} is outside its range {bounds}.")
+            self.check_value(f.name, getattr(self, f.name))
+
+    @classmethod
+    def check_value(cls, name: str, value: Any) -> None:
+        """One option's value against its range and choices (BadInput naming the option)."""
+        meta = {f.name: f.metadata for f in dataclasses.fields(cls)}.get(name, {})  # type: ignore[arg-type]
+        flag = "--" + name.replace("_", "-")
+        if value is None or isinstance(value, bool):
+            return
+        if meta.get("choices") and value not in meta["choices"]:
+            close = difflib.get_close_matches(str(value), meta["choices"], n=1)
+            raise BadInput(
+                f"{flag} {value!r} is not one of {', '.join(meta['choices'])}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + "."
+            )
+        if isinstance(value, int | float):
+            lo, hi = meta.get("lo"), meta.get("hi")
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+                raise BadInput(f"{flag} {value} is outside its range {bounds}.")
 
 
 AMP = ("off", "bf16", "fp16")
@@ -154,6 +158,9 @@ class FinetuneConfig(ConfigBase):
 class GanConfig(ConfigBase):
     """Everything `dlpipe gan train` needs; the YAML stage `gan` maps onto the same fields."""
 
+    # what the checkpoint's shapes depend on: --resume refuses to change these
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ("nz", "ngf", "ndf", "image_size", "data")
+
     data: str = knob("mnist5k", "built-in set or folder (labels are ignored)")
     data_root: str | None = knob(None, "where a built-in set's files are, if not the default")
     strict: bool = knob(False, "fail on unreadable files instead of skipping them")
@@ -193,6 +200,8 @@ class GanConfig(ConfigBase):
 class AeConfig(ConfigBase):
     """Everything `dlpipe ae train` needs; the YAML stage `ae` maps onto the same fields."""
 
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ("latent", "width", "image_size", "data")
+
     data: str = knob("mnist5k", "built-in set or folder (labels are ignored)")
     data_root: str | None = knob(None, "where a built-in set's files are, if not the default")
     strict: bool = knob(False, "fail on unreadable files instead of skipping them")
@@ -212,3 +221,25 @@ class AeConfig(ConfigBase):
     deterministic: bool = knob(False, "bit-reproducible kernels")
     amp: str = knob("off", "mixed precision", choices=AMP)
     compile: bool = knob(False, "torch.compile the training model")
+
+
+@dataclass
+class SampleConfig(ConfigBase):
+    """`dlpipe gan sample`: a grid from a generator (run folder, checkpoint or ONNX file)."""
+
+    model: str = knob(REQUIRED, "a GAN run folder, its .safetensors checkpoint, or an ONNX file")
+    num: int = knob(64, "number of samples", lo=1, hi=4096)
+    out: str = knob("samples.png", "PNG file to write")
+    seed: int = knob(0, "noise seed (same seed, same grid)")
+    interpolate: bool = knob(False, "rows of 8 images walking between two random latents")
+
+
+@dataclass
+class DataExportConfig(ConfigBase):
+    """`dlpipe data export`: a built-in set written as an ImageFolder of PNGs."""
+
+    name: str = knob(REQUIRED, "built-in data set (see `dlpipe data list`)")
+    out_dir: str = knob(REQUIRED, "folder to create: one subfolder of PNGs per class")
+    data_root: str | None = knob(None, "where the set's files are, if not the default place")
+    limit: int | None = knob(None, "write at most N images (stratified)", lo=1)
+    force: bool = knob(False, "replace OUT_DIR if it already exists")

@@ -21,10 +21,25 @@ DEFAULT_RUNS_DIR = Path("runs")
 
 
 @dataclass
+class RunOptions:
+    """Where a training stage writes: RUNS_DIR/<command>/<name>, and whether it continues one."""
+
+    name: str | None = None  # run name; an existing one gets a numeric suffix unless exist_ok
+    runs_dir: str = str(DEFAULT_RUNS_DIR)  # parent of the run folders
+    exist_ok: bool = False  # reuse the run folder `name` if it exists
+    resume: bool = False  # continue `name` (or the latest run) from its last checkpoint
+
+
+@dataclass
 class RunDir:
     """Paths and writers of one run folder."""
 
     path: Path
+
+    @classmethod
+    def of(cls, command: str, name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> RunDir:
+        """The folder of run `name` of `command` (RUNS_DIR/<command>/<name>), existing or not."""
+        return cls(Path(runs_dir) / command / name)
 
     @property
     def config_path(self) -> Path:
@@ -43,8 +58,24 @@ class RunDir:
         return self.path / "checkpoints"
 
     def checkpoint(self, name: str = "last") -> Path:
-        """Path of a named checkpoint (`last`, `best`, ...)."""
+        """Path of a named checkpoint (`last`: where --resume continues; `best`, ...)."""
         return self.checkpoints / f"{name}.safetensors"
+
+    def model_checkpoint(self) -> Path:
+        """The checkpoint a run folder means as a model (export, sample, eval): best, else last."""
+        for name in ("best", "last"):
+            if self.checkpoint(name).is_file():
+                return self.checkpoint(name)
+        raise BadInput(
+            f"{self.path} holds no checkpoints/best.safetensors or checkpoints/last.safetensors.",
+            hint="Pass a finished dlpipe run folder (runs/<command>/<name>) or a .safetensors file.",
+        )
+
+    def resume_command(self, command: str) -> str:
+        """The command line that continues this run (`command` as typed, e.g. `gan train`)."""
+        runs_dir = self.path.parent.parent
+        where = "" if runs_dir == DEFAULT_RUNS_DIR else f" --runs-dir {runs_dir}"
+        return f"dlpipe {command} --resume --name {self.path.name}{where}"
 
     def write_config(self, config: dict[str, Any]) -> Path:
         """Save the resolved configuration as YAML."""
@@ -170,6 +201,19 @@ def create_run_dir(
     return RunDir(path)
 
 
+def checkpoint_of(ref: str | Path) -> Path:
+    """A run folder (its model checkpoint: best, else last) or a checkpoint file -> the file."""
+    path = Path(ref)
+    if path.is_dir():
+        return RunDir(path).model_checkpoint()
+    if not path.exists():
+        raise BadInput(
+            f"{path} does not exist.",
+            hint="Pass a run folder (runs/<command>/<name>) or a checkpoint .safetensors file.",
+        )
+    return path
+
+
 def latest_run(command: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> RunDir | None:
     """The most recently modified run of a command, if any."""
     base = Path(runs_dir) / command
@@ -208,6 +252,48 @@ def run_to_resume(command: str, name: str | None, runs_dir: str | Path, display:
             hint=f"Resume it with the command that made it, or pass --name of a {command} run.",
         )
     return run
+
+
+def open_run(
+    folder: str, display: str, cfg: Any, opts: RunOptions, explicit: set[str], dist_ctx: Any = None
+) -> tuple[RunDir, Any]:
+    """The run folder a training stage writes to, and the config it runs with.
+
+    A new run: a fresh folder and `cfg` as given. `--resume`: the run it names (or the latest), its
+    saved config, with the options the user gave explicitly winning; a saved config this command
+    does not know, or an explicit change of what the checkpoint's shapes depend on, is refused.
+    Under torchrun rank 0 picks the folder and every rank uses it."""
+    import dataclasses
+
+    from .distributed import on_main
+
+    if not opts.resume:
+        run = on_main(
+            lambda: create_run_dir(folder, opts.name, opts.runs_dir, opts.exist_ok), dist_ctx
+        )
+        return run, cfg
+    run = on_main(lambda: run_to_resume(folder, opts.name, opts.runs_dir, display), dist_ctx)
+    saved = run.read_config()
+    known = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise BadInput(
+            f"--resume: {run.config_path} has options this command does not know "
+            f"({', '.join(unknown[:5])}); it belongs to another command or dlpipe version.",
+            hint="Resume it with the command that made it, or start a new run with a new --name.",
+        )
+    if "stop_after" in saved:
+        saved["stop_after"] = None  # an interruption is not an option to keep
+    for key in sorted(explicit & known):
+        new = getattr(cfg, key)
+        if key in getattr(cfg, "FIXED_ON_RESUME", ()) and saved.get(key) != new:
+            raise BadInput(
+                f"--resume: {run.path} was trained with --{key.replace('_', '-')} "
+                f"{saved.get(key)}; it cannot continue with {new}.",
+                hint="Drop the option to continue the run, or start a new run with a new --name.",
+            )
+        saved[key] = new
+    return run, type(cfg).from_dict(saved)
 
 
 @contextmanager

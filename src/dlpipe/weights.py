@@ -322,38 +322,6 @@ def resolve_timm(arch: str, pretrained_cfg: dict[str, Any], spec: str) -> Resolv
     )  # fmt: skip
 
 
-def import_checked(path: str | Path, backbone: str) -> tuple[Path, str]:
-    """Match a file to one of the backbone's official torchvision weights by sha256, check that it
-    loads into the architecture, and copy it into the torch-hub cache; returns (target, enum name)."""
-    from .compat import import_torchvision
-    from .models.backbones import parse_backbone
-
-    spec = parse_backbone(backbone)
-    if spec.family != "torchvision":
-        raise BadInput(
-            f"`dlpipe weights import` handles torchvision files; {backbone} is a {spec.family} model.",
-            hint="Pass the file with --weights PATH instead (it is checked key by key).",
-        )
-    tv = import_torchvision()
-    try:
-        enum = list(tv.models.get_model_weights(spec.arch))
-    except (ValueError, KeyError):
-        enum = []
-    digest = sha256_of(path)
-    match = [w for w in enum if digest.startswith(hash_prefix(Path(w.url).name) or "-")]
-    if not match:
-        names = ", ".join(Path(w.url).name for w in enum) or "none"
-        raise BadInput(
-            f"{path} (sha256 {digest[:12]}...) is none of the official {spec.arch} files ({names}).",
-            hint="Use it directly with --weights PATH, or check --backbone.",
-        )
-    w = match[0]
-    from .models.backbones import build_classifier
-
-    build_classifier(backbone, 2, weights=from_path(str(path)))  # keys and shapes, or a clear error
-    return import_file(path, Path(w.url).name), w.name
-
-
 def _load_reason(exc: Exception) -> str:
     """torch.load's refusal in one short clause (its message is long, with terminal escapes)."""
     import re

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
-from . import ae, data, doctor, finetune, gan, onnx, pipeline, weights
+from .._version import __version__
+from . import ae, backbones, data, doctor, finetune, gan, onnx, pipeline, weights
 
 app = typer.Typer(
     name="dlpipe",
@@ -16,7 +16,6 @@ app = typer.Typer(
     "DCGANs and (denoising) autoencoders, export to ONNX and prove parity under onnxruntime.\n\n"
     "Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 3 environment problem.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -45,6 +44,7 @@ app.add_typer(gan.app, name="gan")
 app.add_typer(ae.app, name="ae")
 onnx.register(app)
 pipeline.register(app)
+app.add_typer(backbones.app, name="backbones")
 app.add_typer(data.app, name="data")
 app.add_typer(weights.app, name="weights")
 doctor.register(app)

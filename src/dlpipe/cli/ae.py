@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -31,6 +31,7 @@ from .common import (
     command,
     launch_if_asked,
 )
+from .stage import ConfigFileOpt, run_from_cli
 
 app = typer.Typer(help="Train convolutional (denoising) autoencoders.", no_args_is_help=True)
 
@@ -41,7 +42,9 @@ def train(
     ctx: typer.Context,
     data: DataOpt = "mnist5k",
     data_root: DataRootOpt = None,
-    latent: Annotated[int, typer.Option("--latent", min=1, help="Bottleneck size.")] = 32,
+    latent: Annotated[
+        int, typer.Option("--latent", min=1, max=65536, help="Bottleneck size.")
+    ] = 32,
     noise: Annotated[
         str | None,
         typer.Option(
@@ -50,24 +53,23 @@ def train(
             "saltpepper:SHARE or mask:SHARE (e.g. gaussian:0.3). Default: plain autoencoder.",
         ),
     ] = None,
-    loss: Annotated[str, typer.Option("--loss", help="mse or bce.")] = "mse",
+    loss: Annotated[
+        Literal["mse", "bce"],
+        typer.Option("--loss", help="Per-pixel loss (bce: near-binary images)."),
+    ] = "mse",
     width: Annotated[
         int,
         typer.Option(
-            "--width", min=1, help="Channels of the first conv stage (doubled per stage)."
+            "--width", min=1, max=1024, help="Channels of the first conv stage (doubled per stage)."
         ),
     ] = 32,
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="Image side [default: the data's].")
     ] = None,
     epochs: Annotated[
-        int | None,
-        typer.Option(
-            "--epochs",
-            min=1,
-            help="Passes over the training images [default: 10; --resume: saved].",
-        ),
-    ] = None,
+        int,
+        typer.Option("--epochs", min=1, help="Passes over the training images (--resume: saved)."),
+    ] = 10,
     batch_size: BatchSizeOpt = 64,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate.")] = 2e-3,
     val_fraction: ValFractionOpt = 0.1,
@@ -84,6 +86,7 @@ def train(
     name: NameOpt = None,
     exist_ok: ExistOkOpt = False,
     resume: ResumeOpt = False,
+    config_file: ConfigFileOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -93,33 +96,9 @@ def train(
     Example: dlpipe ae train --data mnist5k --noise gaussian:0.3 (several processes: add
     --nproc N, or run it under torchrun; --batch-size stays the global batch).
     """
-    from ..config import AeConfig
-    from ..distributed import on_main, setup
-    from ..runs import create_run_dir, run_to_resume, tidy_on_failure
-    from ..train.accel import Accel
-    from ..train.ae import train_autoencoder
-    from .gan import config_from_run
-
     out = Output(json_out, quiet)
     launch_if_asked(ctx, nproc, device)
-    dist_ctx, device_obj = setup(device)
-    Accel.create(amp, compile, device_obj)  # a bad --amp fails before a run folder exists
-    if resume:
-        run = on_main(lambda: run_to_resume("ae", name, runs_dir, "ae train"), dist_ctx)
-        cfg = config_from_run(AeConfig, run)
-        cfg.epochs = epochs or cfg.epochs
-        cfg.device, cfg.amp, cfg.compile = device, amp, compile
-    else:
-        cfg = AeConfig(
-            data=data, data_root=str(data_root) if data_root else None, strict=strict,
-            image_size=image_size, latent=latent, width=width, noise=noise, loss=loss,
-            epochs=epochs or 10, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
-            test_fraction=test_fraction, limit=limit, seed=seed, device=device,
-            deterministic=deterministic, amp=amp, compile=compile,
-        )  # fmt: skip
-        run = on_main(lambda: create_run_dir("ae", name, runs_dir, exist_ok), dist_ctx)
-    with tidy_on_failure(run):
-        result = train_autoencoder(cfg, run, out, resume=resume)
+    result = run_from_cli(ctx, "ae train", out, config_file)
     m = result["metrics"]
     line = f"held-out PSNR {m['psnr_db']:.2f} dB, SSIM {m['ssim']:.3f}" if "psnr_db" in m else ""
     if "psnr_gain_db" in m:

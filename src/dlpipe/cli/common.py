@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,11 +20,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 JsonOpt = Annotated[
     bool,
     typer.Option(
-        "--json", help="Print exactly one JSON object on stdout; human output goes to stderr."
+        "--json",
+        help="Print exactly one JSON object on stdout; human output goes to stderr.",
+        rich_help_panel="Output",
     ),
 ]
 QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress bars or chatter; errors still print.")
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress bars or chatter; errors still print.",
+        rich_help_panel="Output",
+    ),
 ]
 DataOpt = Annotated[
     str,
@@ -33,61 +41,113 @@ DataOpt = Annotated[
         "-d",
         help="Built-in set (mnist5k, fashion-mnist, digits) or a folder: class subfolders (ImageFolder) "
         "for labels, or a flat folder of images.",
+        rich_help_panel="Data",
     ),
 ]
 DataRootOpt = Annotated[
     Path | None,
-    typer.Option("--data-root", help="Where a built-in set's files are, if not the default place."),
+    typer.Option(
+        "--data-root",
+        help="Where a built-in set's files are, if not the default place.",
+        rich_help_panel="Data",
+    ),
 ]
 StrictOpt = Annotated[
     bool,
     typer.Option(
-        "--strict", help="Fail on unreadable/corrupt files instead of skipping and listing them."
+        "--strict",
+        help="Fail on unreadable/corrupt files instead of skipping and listing them.",
+        rich_help_panel="Data",
     ),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda or cuda:N.")
+    str,
+    typer.Option(
+        "--device", help="auto (CUDA if present), cpu, cuda or cuda:N.", rich_help_panel="Scale-out"
+    ),
 ]
 SeedOpt = Annotated[
-    int, typer.Option("--seed", help="Seed for splits, initialisation and data order.")
+    int,
+    typer.Option(
+        "--seed",
+        help="Seed for splits, initialisation and data order.",
+        rich_help_panel="Optimisation",
+    ),
 ]
 DeterministicOpt = Annotated[
     bool,
     typer.Option(
-        "--deterministic", help="Bit-reproducible kernels (CPU runs repeat exactly; slower)."
+        "--deterministic",
+        help="Bit-reproducible kernels (CPU runs repeat exactly; slower).",
+        rich_help_panel="Optimisation",
     ),
 ]
 RunsDirOpt = Annotated[
-    Path, typer.Option("--runs-dir", help="Parent of the run folders: RUNS_DIR/<command>/<name>.")
+    Path,
+    typer.Option(
+        "--runs-dir",
+        help="Parent of the run folders: RUNS_DIR/<command>/<name>.",
+        rich_help_panel="Output",
+    ),
 ]
 NameOpt = Annotated[
     str | None,
     typer.Option(
-        "--name", help="Run name; an existing one gets a numeric suffix unless --exist-ok."
+        "--name",
+        help="Run name; an existing one gets a numeric suffix unless --exist-ok.",
+        rich_help_panel="Output",
     ),
 ]
 ExistOkOpt = Annotated[
-    bool, typer.Option("--exist-ok", help="Reuse the run folder --name if it exists.")
+    bool,
+    typer.Option(
+        "--exist-ok", help="Reuse the run folder --name if it exists.", rich_help_panel="Output"
+    ),
 ]
-EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training split.")]
+EpochsOpt = Annotated[
+    int,
+    typer.Option(
+        "--epochs", min=1, help="Passes over the training split.", rich_help_panel="Optimisation"
+    ),
+]
 BatchSizeOpt = Annotated[
-    int, typer.Option("--batch-size", "-b", min=1, help="Images per optimisation step.")
+    int,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        min=1,
+        help="Images per optimisation step.",
+        rich_help_panel="Optimisation",
+    ),
 ]
 ValFractionOpt = Annotated[
     float,
     typer.Option(
-        "--val-fraction", min=0.0, max=0.9, help="Share of each class held out for validation."
+        "--val-fraction",
+        min=0.0,
+        max=0.9,
+        help="Share of each class held out for validation.",
+        rich_help_panel="Data",
     ),
 ]
 TestFractionOpt = Annotated[
     float,
     typer.Option(
-        "--test-fraction", min=0.0, max=0.9, help="Share of each class held out for the final test."
+        "--test-fraction",
+        min=0.0,
+        max=0.9,
+        help="Share of each class held out for the final test.",
+        rich_help_panel="Data",
     ),
 ]
 LimitOpt = Annotated[
     int | None,
-    typer.Option("--limit", min=1, help="Use at most N training images (stratified subset)."),
+    typer.Option(
+        "--limit",
+        min=1,
+        help="Use at most N training images (stratified subset).",
+        rich_help_panel="Data",
+    ),
 ]
 NprocOpt = Annotated[
     int,
@@ -97,14 +157,16 @@ NprocOpt = Annotated[
         help="Train with N processes on this machine (torchrun --standalone; DDP): one per GPU, "
         "or CPU processes with Gloo. --batch-size stays the global batch. Under torchrun itself, "
         "leave it out.",
+        rich_help_panel="Scale-out",
     ),
 ]
 AmpOpt = Annotated[
-    str,
+    Literal["off", "bf16", "fp16"],
     typer.Option(
         "--amp",
         help="Mixed precision: bf16, fp16 (with loss scaling) or off. For GPUs; on CPU it runs "
         "but rarely pays.",
+        rich_help_panel="Scale-out",
     ),
 ]
 CompileOpt = Annotated[
@@ -113,6 +175,7 @@ CompileOpt = Annotated[
         "--compile/--no-compile",
         help="torch.compile the training model (first steps slower while it compiles; needs a C "
         "compiler).",
+        rich_help_panel="Scale-out",
     ),
 ]
 SyncBnOpt = Annotated[
@@ -121,6 +184,7 @@ SyncBnOpt = Annotated[
         "--sync-bn/--no-sync-bn",
         help="With several processes, BatchNorm uses the statistics of the whole global batch "
         "(as one process would); --no-sync-bn keeps per-process statistics.",
+        rich_help_panel="Scale-out",
     ),
 ]
 ResumeOpt = Annotated[
@@ -128,6 +192,7 @@ ResumeOpt = Annotated[
     typer.Option(
         "--resume",
         help="Continue the run named by --name (or the latest) from its last checkpoint.",
+        rich_help_panel="Output",
     ),
 ]
 

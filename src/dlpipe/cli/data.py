@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..errors import BadInput
 from .common import DataRootOpt, JsonOpt, Output, QuietOpt, command
 
 app = typer.Typer(
@@ -70,40 +67,13 @@ def export_set(
     quiet: QuietOpt = False,
 ) -> None:
     """Write a built-in set as an ImageFolder of PNGs (e.g. to look at it, or to start your own set)."""
-    import numpy as np
+    from ..stages import run_stage
 
-    from ..data.builtin import BUILTINS
-    from ..data.sources import open_source
-    from ..data.splits import subsample
-
-    if name not in BUILTINS:
-        raise BadInput(
-            f"{name!r} is not a built-in data set.", hint=f"Choose one of: {', '.join(BUILTINS)}."
-        )
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise BadInput(
-            f"{out_dir} exists and is not empty.", hint="Choose a new folder or pass --force."
-        )
     out = Output(json, quiet)
-    ds = open_source(name, data_root)
-    indices = subsample(ds.labels, np.arange(len(ds)), limit, seed=0)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Written into a temporary sibling and renamed at the end: an interrupted export leaves nothing.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        for cls in ds.class_names:
-            (tmp / cls).mkdir()
-        with out.progress(f"export {name}", total=len(indices)) as advance:
-            for i in indices:
-                ds.image(i).save(tmp / ds.class_names[ds.labels[i]] / f"{i:06d}.png")
-                advance()
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    options = {"name": name, "out_dir": out_dir, "data_root": data_root, "limit": limit}
+    result = run_stage("data export", {**options, "force": force}, out)
     out.result(
-        {"out_dir": str(out_dir), "images": int(len(indices)), "classes": ds.class_names},
-        f"Wrote {len(indices)} images in {len(ds.class_names)} class folders to [bold]{out_dir}[/]",
+        result,
+        f"Wrote {result['images']} images in {len(result['classes'])} class folders to "
+        f"[bold]{out_dir}[/]",
     )

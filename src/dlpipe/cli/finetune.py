@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -32,6 +32,7 @@ from .common import (
     command,
     launch_if_asked,
 )
+from .stage import ConfigFileOpt, run_from_cli
 
 _O = typer.Option
 
@@ -73,7 +74,7 @@ def finetune(
         ),
     ] = None,  # fmt: skip
     head: Annotated[
-        str, _O("--head", help="linear or mlp (Linear-BatchNorm-ReLU-Dropout-Linear).")
+        Literal["linear", "mlp"], _O("--head", help="mlp = Linear-BatchNorm-ReLU-Dropout-Linear.")
     ] = "linear",  # fmt: skip
     hidden: Annotated[
         int | None, _O("--hidden", min=1, help="Width of the mlp head (256).")
@@ -109,11 +110,15 @@ def finetune(
     ] = False,  # fmt: skip
     hflip: Annotated[bool, _O("--hflip", help="With --augment: random horizontal flips.")] = False,
     optimizer: Annotated[
-        str, _O("--optimizer", help="sgd, momentum, nesterov, adam, adamw or lbfgs.")
+        Literal["sgd", "momentum", "nesterov", "adam", "adamw", "lbfgs"],
+        _O("--optimizer", help="Optimizer of the trainable parameters (lbfgs: no scheduler)."),
     ] = "adamw",  # fmt: skip
     lr: Annotated[float, _O("--lr", min=0.0, help="Learning rate of the head.")] = 1e-3,
     weight_decay: Annotated[float, _O("--weight-decay", min=0.0, help="Weight decay.")] = 1e-4,
-    scheduler: Annotated[str, _O("--scheduler", help="none, cosine, step or onecycle.")] = "cosine",
+    scheduler: Annotated[
+        Literal["none", "cosine", "step", "onecycle"],
+        _O("--scheduler", help="Learning-rate schedule."),
+    ] = "cosine",
     warmup_epochs: Annotated[float, _O("--warmup-epochs", min=0.0, help="Linear lr warmup.")] = 0.0,
     label_smoothing: Annotated[
         float, _O("--label-smoothing", min=0.0, max=0.5, help="Label smoothing.")
@@ -125,15 +130,6 @@ def finetune(
     eval_limit: Annotated[
         int | None,
         _O("--eval-limit", min=1, help="At most N validation and N test images (stratified)."),
-    ] = None,  # fmt: skip
-    list_backbones: Annotated[
-        str | None,
-        _O(
-            "--list-backbones",
-            is_flag=False,
-            flag_value="",
-            help="List backbones (matching PATTERN, e.g. 'timm/resnet*') and exit.",
-        ),
     ] = None,  # fmt: skip
     epochs: EpochsOpt = 10,
     batch_size: BatchSizeOpt = 64,
@@ -154,6 +150,7 @@ def finetune(
     exist_ok: ExistOkOpt = False,
     resume: ResumeOpt = False,
     stop_after: Annotated[int | None, _O("--stop-after", min=1, hidden=True)] = None,
+    config_file: ConfigFileOpt = None,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -164,67 +161,16 @@ def finetune(
     the whole network with a smaller backbone learning rate. Writes runs/finetune/<name>/ with
     best/last checkpoints, metrics.csv, curves.png and confusion.png, and reports the held-out
     accuracy. Example: dlpipe finetune --backbone mobilenet_v2 --data mnist5k --image-size 96
+    (names: dlpipe backbones list)
 
     Several processes (DDP): dlpipe finetune --nproc 4 ..., or torchrun --nproc-per-node 4 -m
     dlpipe finetune ...; each computes its shard of the cached features once.
     """
     out = Output(json, quiet)
-    if list_backbones is not None:
-        _list(out, list_backbones)
-        return
     launch_if_asked(ctx, nproc, device)
-    from ..config import FinetuneConfig
-    from ..runs import tidy_on_failure
-    from ..train.classifier import run_finetune
-
-    values = {k: v for k, v in ctx.params.items() if k in FinetuneConfig.__dataclass_fields__}
-    values["data_root"] = str(data_root) if data_root else None
-    run, cfg = _run_and_config(ctx, values, runs_dir, name, exist_ok, resume)
-    with tidy_on_failure(run):
-        result = run_finetune(cfg, run, out, resume=resume)
-    out.result(result, f"held-out accuracy {result['metrics'].get('held_out_acc', float('nan')):.4f}; "
-               f"run folder {result['run_dir']}")  # fmt: skip
-
-
-def _run_and_config(ctx: typer.Context, values: dict, runs_dir, name, exist_ok, resume):  # noqa: ANN001, ANN202
-    """A fresh run folder, or on --resume the old one with its saved options (explicit flags win).
-    Under torchrun rank 0 picks the folder and every rank uses it."""
-    from ..config import FinetuneConfig
-    from ..distributed import on_main, setup
-    from ..runs import create_run_dir, run_to_resume
-    from ..train.accel import Accel
-
-    dist_ctx, device = setup(values["device"])
-    Accel.create(values["amp"], values["compile"], device)  # bad --amp: no run folder is made
-    if not resume:
-        run = on_main(lambda: create_run_dir("finetune", name, runs_dir, exist_ok), dist_ctx)
-        return run, FinetuneConfig.from_dict(values)
-    run = on_main(lambda: run_to_resume("finetune", name, runs_dir, "finetune"), dist_ctx)
-    saved = run.read_config()
-    saved["stop_after"] = None  # an interruption is not an option to keep
-    for key, value in values.items():
-        source = ctx.get_parameter_source(key)  # typer may vendor click: compare by name
-        if getattr(source, "name", "") == "COMMANDLINE":
-            saved[key] = value
-    return run, FinetuneConfig.from_dict(saved)
-
-
-def _list(out: Output, pattern: str) -> None:
-    from rich.table import Table
-
-    from ..models.backbones import list_backbones
-
-    rows = list_backbones(pattern or None)
-    table = Table(title=f"Backbones{' matching ' + pattern if pattern else ''}")
-    for col in ("name", "family", "features", "pretrained offline"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["family"], str(r["feature_size"] or "?"),
-                      "[green]yes[/]" if r["pretrained_offline"] else "no")  # fmt: skip
-    out.print(table)
-    if not pattern:
-        out.print("timm models: add a pattern, e.g. --list-backbones 'timm/resnet*'.")
-    out.result({"backbones": rows})
+    result = run_from_cli(ctx, "finetune", out, config_file)
+    acc = result["metrics"].get("held_out_acc", float("nan"))
+    out.result(result, f"held-out accuracy {acc:.4f}; run folder {result['run_dir']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -32,32 +32,13 @@ from .common import (
     command,
     launch_if_asked,
 )
+from .stage import ConfigFileOpt, run_from_cli
 
 app = typer.Typer(help="Train DCGANs and sample from them.", no_args_is_help=True)
 
-EpochsOrSavedOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--epochs", min=1, help="Passes over the training images [default: 20; --resume: saved]."
-    ),
+EpochsOpt = Annotated[
+    int, typer.Option("--epochs", min=1, help="Passes over the training images (--resume: saved).")
 ]
-
-
-def config_from_run(cls: type, run) -> object:  # noqa: ANN001 - RunDir
-    """The run's saved options as `cls`, refusing (not crashing on) a foreign config.yaml."""
-    import dataclasses
-
-    from ..errors import BadInput
-
-    saved = run.read_config()
-    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise BadInput(
-            f"--resume: {run.path / 'config.yaml'} has options this command does not know "
-            f"({', '.join(unknown[:5])}); it belongs to another command or dlpipe version.",
-            hint="Resume it with the command that made it, or start a new run with a new --name.",
-        )
-    return cls(**saved)
 
 
 @app.command("train")
@@ -70,20 +51,21 @@ def train(
         int | None,
         typer.Option("--image-size", help="Output side: 28, 32 or 64 [default: the data's]."),
     ] = None,
-    nz: Annotated[int, typer.Option("--nz", min=1, help="Latent size.")] = 100,
+    nz: Annotated[int, typer.Option("--nz", min=1, max=4096, help="Latent size.")] = 100,
     ngf: Annotated[
         int | None,
-        typer.Option("--ngf", min=1, help="G base channels [default: 32 (<=32 px), 64]."),
+        typer.Option("--ngf", min=1, max=1024, help="G base channels [default: 32 (<=32 px), 64]."),
     ] = None,
     ndf: Annotated[
-        int | None, typer.Option("--ndf", min=1, help="D base channels [default: like --ngf].")
+        int | None,
+        typer.Option("--ndf", min=1, max=1024, help="D base channels [default: like --ngf]."),
     ] = None,
-    epochs: EpochsOrSavedOpt = None,
+    epochs: EpochsOpt = 20,
     batch_size: BatchSizeOpt = 64,
     lr: Annotated[
         float, typer.Option("--lr", min=0.0, help="Adam learning rate (G and D).")
     ] = 2e-4,
-    beta1: Annotated[float, typer.Option("--beta1", help="Adam beta1.")] = 0.5,
+    beta1: Annotated[float, typer.Option("--beta1", min=0.0, max=0.999, help="Adam beta1.")] = 0.5,
     label_smoothing: Annotated[
         float,
         typer.Option(
@@ -93,16 +75,24 @@ def train(
     ema: Annotated[
         bool, typer.Option("--ema/--no-ema", help="Export an exponential-moving-average generator.")
     ] = False,
-    ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay per step.")] = 0.999,
+    ema_decay: Annotated[
+        float, typer.Option("--ema-decay", min=0.0, max=1.0, help="EMA decay per step.")
+    ] = 0.999,
     d_steps: Annotated[
-        int, typer.Option("--d-steps", min=1, help="Discriminator updates per generator update.")
+        int,
+        typer.Option(
+            "--d-steps", min=1, max=100, help="Discriminator updates per generator update."
+        ),
     ] = 1,
     fd_every: Annotated[
         int,
         typer.Option("--fd-every", min=0, help="fd/kid every K epochs and at the end (0: never)."),
     ] = 5,
     fd_images: Annotated[
-        int, typer.Option("--fd-images", min=2, help="Images per side for fd/kid (at most).")
+        int,
+        typer.Option(
+            "--fd-images", min=2, max=100_000, help="Images per side for fd/kid (at most)."
+        ),
     ] = 1000,
     test_fraction: TestFractionOpt = 0.1,
     limit: LimitOpt = None,
@@ -118,6 +108,7 @@ def train(
     name: NameOpt = None,
     exist_ok: ExistOkOpt = False,
     resume: ResumeOpt = False,
+    config_file: ConfigFileOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -127,33 +118,9 @@ def train(
     Example: dlpipe gan train --data mnist5k --epochs 20 (on 4 GPUs: add --nproc 4, or run it
     with torchrun --nproc-per-node 4 -m dlpipe gan train ...; --batch-size stays the global batch).
     """
-    from ..config import GanConfig
-    from ..distributed import on_main, setup
-    from ..runs import create_run_dir, run_to_resume, tidy_on_failure
-    from ..train.accel import Accel
-    from ..train.gan import train_gan
-
     out = Output(json_out, quiet)
     launch_if_asked(ctx, nproc, device)
-    dist_ctx, device_obj = setup(device)
-    Accel.create(amp, compile, device_obj)  # a bad --amp fails before a run folder exists
-    if resume:
-        run = on_main(lambda: run_to_resume("gan", name, runs_dir, "gan train"), dist_ctx)
-        cfg = config_from_run(GanConfig, run)
-        cfg.epochs = epochs or cfg.epochs
-        cfg.device, cfg.amp, cfg.compile, cfg.sync_bn = device, amp, compile, sync_bn
-    else:
-        cfg = GanConfig(
-            data=data, data_root=str(data_root) if data_root else None, strict=strict,
-            image_size=image_size, nz=nz, ngf=ngf, ndf=ndf, epochs=epochs or 20,
-            batch_size=batch_size, lr=lr, beta1=beta1, label_smoothing=label_smoothing, ema=ema,
-            ema_decay=ema_decay, d_steps=d_steps, test_fraction=test_fraction, limit=limit,
-            fd_every=fd_every, fd_images=fd_images, seed=seed, device=device,
-            deterministic=deterministic, amp=amp, compile=compile, sync_bn=sync_bn,
-        )  # fmt: skip
-        run = on_main(lambda: create_run_dir("gan", name, runs_dir, exist_ok), dist_ctx)
-    with tidy_on_failure(run):
-        result = train_gan(cfg, run, out, resume=resume)
+    result = run_from_cli(ctx, "gan train", out, config_file)
     m = result["metrics"]
     fd = (
         f"; fd_mobilenet_v2 {m['fd_mobilenet_v2']:.2f} (real-vs-real floor "
@@ -191,11 +158,12 @@ def sample(
 
     Example: dlpipe gan sample runs/gan/exp -n 64 --out grid.png --seed 1
     """
-    from ..export.sample import sample_grid
+    from ..stages import run_stage
 
     out = Output(json_out, quiet)
-    info = sample_grid(model, n, out_path, seed=seed, interpolate=interpolate)
+    options = {"model": model, "num": n, "out": out_path, "seed": seed, "interpolate": interpolate}
+    info = run_stage("gan sample", options, out)
     out.result(
-        {"artifacts": {"grid": info["out"]}, **info},
+        info,
         f"Wrote {info['images']} samples ({info['runtime']}) to {info['out']}",
     )

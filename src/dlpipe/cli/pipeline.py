@@ -62,7 +62,7 @@ def run(
     pipeline = load_pipeline(pipeline_file, overrides or [])
     try:
         summary = run_pipeline(
-            pipeline, only=only, start=start, force=force, dry_run=dry_run, echo=out.print
+            pipeline, only=only, start=start, force=force, dry_run=dry_run, echo=out.print, out=out
         )
     except DlpipeError as exc:
         if getattr(exc, "summary", None):

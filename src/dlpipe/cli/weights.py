@@ -46,7 +46,7 @@ def import_(
     """Verify a weights file (sha256 against the official name, keys and shapes against the
     model) and place it in the torch-hub cache, where torchvision and dlpipe find it offline."""
     from ..errors import BadInput
-    from ..weights import import_checked
+    from ..models.backbones import import_checked
 
     out = Output(json, quiet)
     if not path.is_file():

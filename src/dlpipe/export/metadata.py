@@ -22,7 +22,7 @@ def versions() -> dict[str, str | None]:
     """Versions of the packages that shaped the file."""
     import importlib.metadata as md
 
-    from .. import __version__
+    from .._version import __version__
 
     found: dict[str, str | None] = {"dlpipe": __version__}
     for dist in ("torch", "onnx", "onnxruntime", "onnxscript"):

@@ -83,15 +83,9 @@ def sample_onnx(path: Path, z_fn: Any, batch: int = 64) -> np.ndarray:
 
 
 def _checkpoint_path(ref: Path) -> Path:
-    if ref.is_dir():
-        ck = ref / "checkpoints" / "last.safetensors"
-        if not ck.exists():
-            raise BadInput(
-                f"{ref} has no checkpoints/last.safetensors.",
-                hint="Pass a run folder of `dlpipe gan train`, its checkpoint, or an ONNX file.",
-            )
-        return ck
-    return ref
+    from ..runs import checkpoint_of
+
+    return checkpoint_of(ref)
 
 
 def sample_checkpoint(path: Path, z_fn: Any, batch: int = 64) -> np.ndarray:

@@ -66,22 +66,9 @@ def io_spec(
 
 def resolve_checkpoint(ref: str | Path) -> Path:
     """A run folder (best, else last checkpoint) or a checkpoint file -> the checkpoint path."""
-    path = Path(ref)
-    if path.is_dir():
-        for name in ("best", "last"):
-            candidate = path / "checkpoints" / f"{name}.safetensors"
-            if candidate.is_file():
-                return candidate
-        raise BadInput(
-            f"{path} holds no checkpoints/best.safetensors or checkpoints/last.safetensors.",
-            hint="Pass a finished dlpipe run folder (runs/<command>/<name>) or a .safetensors file.",
-        )
-    if not path.exists():
-        raise BadInput(
-            f"{path} does not exist.",
-            hint="Pass a run folder (runs/<command>/<name>) or a checkpoint .safetensors file.",
-        )
-    return path
+    from ..runs import checkpoint_of
+
+    return checkpoint_of(ref)
 
 
 def input_shape(meta: dict[str, Any], spec: IOSpec) -> tuple[int, ...]:

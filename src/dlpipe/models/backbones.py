@@ -12,6 +12,7 @@ import difflib
 import fnmatch
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -405,3 +406,32 @@ def _timm_rows(pattern: str, limit: int) -> list[dict[str, Any]]:
         rows.append({"name": TIMM_PREFIX + arch, "family": "timm", "feature_size": size,
                      "pretrained_offline": timm_weights_file(hf) is not None})  # fmt: skip
     return rows
+
+
+def import_checked(path: str | Path, backbone: str) -> tuple[Path, str]:
+    """Match a file to one of the backbone's official torchvision weights by sha256, check that it
+    loads into the architecture, and copy it into the torch-hub cache; returns (target, enum name)."""
+    from ..weights import from_path, hash_prefix, import_file, sha256_of
+
+    spec = parse_backbone(backbone)
+    if spec.family != "torchvision":
+        raise BadInput(
+            f"`dlpipe weights import` handles torchvision files; {backbone} is a {spec.family} model.",
+            hint="Pass the file with --weights PATH instead (it is checked key by key).",
+        )
+    tv = import_torchvision()
+    try:
+        enum = list(tv.models.get_model_weights(spec.arch))
+    except (ValueError, KeyError):
+        enum = []
+    digest = sha256_of(path)
+    match = [w for w in enum if digest.startswith(hash_prefix(Path(w.url).name) or "-")]
+    if not match:
+        names = ", ".join(Path(w.url).name for w in enum) or "none"
+        raise BadInput(
+            f"{path} (sha256 {digest[:12]}...) is none of the official {spec.arch} files ({names}).",
+            hint="Use it directly with --weights PATH, or check --backbone.",
+        )
+    w = match[0]
+    build_classifier(backbone, 2, weights=from_path(str(path)))  # keys and shapes, or a clear error
+    return import_file(path, Path(w.url).name), w.name

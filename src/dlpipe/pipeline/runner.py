@@ -1,26 +1,25 @@
-"""Run a pipeline's stages in order through the real CLI commands, skipping what is up to date.
+"""Run a pipeline's stages in order through the stage registry, skipping what is up to date.
 
-Each stage runs in this process as `dlpipe <command> ... --json`; its one JSON object is its
-result, which later stages reference as `${stage.key.subkey}`. A stage whose resolved command line
-and upstream results are unchanged since its last success (the recorded fingerprint), and whose
-outputs still exist, is skipped. A failure stops the pipeline and keeps what earlier stages made;
-running again continues at the failed stage.
+Each stage is looked up in dlpipe.stages and called in this process with its config; its result
+dict (what `--json` prints) is what later stages reference as `${stage.key.subkey}`. A stage whose
+resolved options and upstream results are unchanged since its last success (the recorded
+fingerprint), and whose outputs still exist, is skipped. A failure stops the pipeline and keeps what
+earlier stages made; running again continues at the failed stage.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..atomic import write_text
 from ..errors import BadInput, CheckFailed, DlpipeError
-from .spec import REF, Pipeline, Stage, command_for, option_param, stage_argv
+from ..runs import RunDir
+from .spec import REF, Pipeline, Stage, command_line, stage_def, stage_options
 
 # Metrics shown in the summary table when a stage reports them (in this order).
 SUMMARY_METRICS = (
@@ -54,51 +53,35 @@ def resolve(value: Any, results: dict[str, Any]) -> Any:
     return REF.sub(lambda m: str(_lookup(results, m.group(1), m.group(2))), value)
 
 
-def build_argv(pipeline: Pipeline, stage: Stage, results: dict[str, Any]) -> list[str]:
-    """The exact command line a stage runs (references resolved)."""
-    cmd = command_for(stage.command)
-    argv = stage_argv(stage, cmd, lambda raw: resolve(raw, results))
-    given = {o.replace("_", "-") for o in stage.options}
-    defaults = {
-        "name": f"{pipeline.name}-{stage.name}",
-        "exist-ok": True,
-        "runs-dir": pipeline.runs_dir,
-    }
-    for option, value in defaults.items():
-        if option not in given and value and option_param(cmd, option) is not None:
-            argv += [f"--{option}"] if value is True else [f"--{option}", str(value)]
-    if option_param(cmd, "json") is not None:
-        argv.append("--json")
-    return argv
+def build_options(pipeline: Pipeline, stage: Stage, results: dict[str, Any]) -> dict[str, Any]:
+    """The exact options a stage runs with (references resolved; a training stage's run folder
+    defaults to RUNS_DIR/<command>/<pipeline>-<stage>, reused on re-runs)."""
+    spec = stage_def(stage.command)
+    options = stage_options(stage, spec, lambda raw: resolve(raw, results))
+    if spec.trains:
+        options.setdefault("name", f"{pipeline.name}-{stage.name}")
+        options.setdefault("exist_ok", True)
+        if pipeline.runs_dir:
+            options.setdefault("runs_dir", pipeline.runs_dir)
+    return options
 
 
-def fingerprint(argv: list[str], upstream: list[str]) -> str:
+def fingerprint(command: list[str], options: dict[str, Any], upstream: list[str]) -> str:
     """What decides whether a stage must run again."""
-    blob = json.dumps({"argv": argv, "upstream": upstream, "dlpipe": __version__})
+    blob = json.dumps(
+        {"command": command, "options": options, "upstream": upstream, "dlpipe": __version__},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def invoke(argv: list[str]) -> tuple[int, dict[str, Any] | None]:
-    """Run one dlpipe command in this process; return (exit code, its JSON result)."""
-    import typer
-    from typer.exceptions import TyperException
+def invoke(stage: Stage, options: dict[str, Any], out: Any) -> dict[str, Any]:
+    """Run one stage in this process through the registry; its result as plain JSON data."""
+    from ..stages import run_stage
 
-    from ..cli import app
-
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf):
-            code = typer.main.get_command(app).main(
-                args=argv, standalone_mode=False, prog_name="dlpipe"
-            )
-    except TyperException as exc:  # bad usage: the same message the CLI would print
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold red]error:[/] {exc.format_message()}")
-        code = getattr(exc, "exit_code", 2)
-    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("{")]
-    result = json.loads(lines[-1]) if lines else None
-    return int(code or 0), result
+    result = run_stage(stage.command, options, out, explicit=set(stage.options))
+    return json.loads(json.dumps(result, default=str))
 
 
 def _outputs_exist(result: dict[str, Any] | None) -> bool:
@@ -138,17 +121,15 @@ def _metrics_of(result: dict[str, Any] | None) -> dict[str, Any]:
     return shown or {k: v for k, v in list(metrics.items())[:3] if isinstance(v, int | float)}
 
 
-def _resume_args(stage: Stage, argv: list[str], last: dict[str, Any], fp: str) -> list[str]:
-    """`--resume` for a training stage that was killed or Ctrl-C'd with the same command line and
-    left a checkpoint: the re-run continues it instead of starting it again."""
+def _resume(stage: Stage, options: dict[str, Any], last: dict[str, Any], fp: str) -> bool:
+    """Whether a training stage that was killed or Ctrl-C'd with the same options, and left a
+    checkpoint, should continue (`resume`) instead of starting again."""
     cut = last.get("status") == "running" or last.get("exit_code") == 130
-    if not cut or last.get("fingerprint") != fp or "--resume" in argv:
-        return []
-    if option_param(command_for(stage.command), "resume") is None or "--name" not in argv:
-        return []
-    runs = argv[argv.index("--runs-dir") + 1] if "--runs-dir" in argv else "runs"
-    run = Path(runs) / stage.command[0] / argv[argv.index("--name") + 1]
-    return ["--resume"] if (run / "checkpoints" / "last.safetensors").exists() else []
+    spec = stage_def(stage.command)
+    if not cut or last.get("fingerprint") != fp or options.get("resume") or not spec.trains:
+        return False
+    run = RunDir.of(spec.run_folder, options["name"], options.get("runs_dir", "runs"))
+    return run.checkpoint("last").exists()
 
 
 def run_pipeline(
@@ -158,8 +139,11 @@ def run_pipeline(
     force: bool = False,
     dry_run: bool = False,
     echo: Any = print,
+    out: Any = None,
 ) -> dict[str, Any]:
-    """Run (or plan, with dry_run) the selected stages; returns the summary written to summary.json."""
+    """Run (or plan, with dry_run) the selected stages; returns the summary written to summary.json.
+
+    `echo` prints the plan lines; `out` is the Reporter the stages talk through (quiet if None)."""
     folder = state_dir(pipeline)
     state = _load_state(folder / "state.json")
     results = {name: s.get("result") for name, s in state.items() if s.get("status") == "ok"}
@@ -167,68 +151,85 @@ def run_pipeline(
     rows: list[dict[str, Any]] = []
     for stage in _selected(pipeline, only, start):
         upstream = [fps.get(r, "") for r in sorted(stage.references())]
+        spec = stage_def(stage.command)
         try:
-            argv = build_argv(pipeline, stage, results)
+            options = build_options(pipeline, stage, results)
+            shown = command_line(stage, spec, lambda raw: resolve(raw, results))
         except BadInput:
             if not dry_run:
                 raise
-            argv = stage_argv(stage, command_for(stage.command), lambda raw: raw)  # shows ${...}
-        fp = fingerprint(argv, upstream)
+            options, shown = {}, command_line(stage, spec, lambda raw: raw)  # shows ${...}
+        fp = fingerprint(stage.command, options, upstream)
         last = state.get(stage.name, {})
-        up_to_date = (
-            last.get("status") == "ok"
-            and last.get("fingerprint") == fp
-            and _outputs_exist(last.get("result"))
-        )
-        row = {"stage": stage.name, "command": "dlpipe " + " ".join(argv)}
-        if up_to_date and not force:
-            rows.append(
-                {
-                    **row,
-                    "status": "skipped",
-                    "seconds": 0.0,
-                    "metrics": _metrics_of(last.get("result")),
-                }
-            )
+        row = {"stage": stage.name, "command": "dlpipe " + shown}
+        if _up_to_date(last, fp) and not force:
+            metrics = _metrics_of(last.get("result"))
+            rows.append({**row, "status": "skipped", "seconds": 0.0, "metrics": metrics})
             echo(f"[dim]skip[/] {stage.name}: up to date")
-            continue
-        if dry_run:
+        elif dry_run:
             rows.append({**row, "status": "would run", "seconds": 0.0, "metrics": {}})
             echo(f"[cyan]plan[/] {stage.name}: {row['command']}")
-            continue
-        resume = _resume_args(stage, argv, last, fp)
-        echo(f"[bold]{'resume' if resume else 'run'}[/] {stage.name}: {row['command']}")
-        state[stage.name] = {"status": "running", "fingerprint": fp}  # a kill leaves this behind
-        write_text(folder / "state.json", json.dumps(state, indent=2) + "\n")
-        started = time.perf_counter()
-        code, result = invoke(argv + resume)
-        seconds = round(time.perf_counter() - started, 1)
-        status = "ok" if code == 0 else "failed"
-        state[stage.name] = {
-            "status": status,
-            "fingerprint": fp,
-            "result": result,
-            "seconds": seconds,
-            "exit_code": code,
-        }
-        fps[stage.name] = fp
-        if code == 0:
-            results[stage.name] = result
-        write_text(folder / "state.json", json.dumps(state, indent=2) + "\n")
-        rows.append({**row, "status": status, "seconds": seconds, "metrics": _metrics_of(result)})
-        if code != 0:
-            summary = _write_summary(folder, pipeline, rows)
-            error_cls = CheckFailed if code == 1 else DlpipeError
-            error = error_cls(
-                f"Stage {stage.name!r} failed (exit code {code}); the pipeline stopped there and the outputs "
-                f"of earlier stages are kept.",
-                hint=f"Fix the cause shown above, then run `dlpipe run {pipeline.path}` again to continue from "
-                f"{stage.name!r} (finished stages are skipped).",
-            )
-            error.exit_code = code if code in (1, 2, 3) else 1
-            error.summary = summary  # type: ignore[attr-defined]
-            raise error
+        else:
+            if _resume(stage, options, last, fp):
+                options["resume"] = True
+            echo(f"[bold]{'resume' if options.get('resume') else 'run'}[/] {stage.name}: {shown}")
+            record = _run_one(stage, options, fp, state, folder, out)
+            fps[stage.name] = fp
+            rows.append({**row, **record})
+            if record["status"] == "ok":
+                results[stage.name] = state[stage.name]["result"]
+            else:
+                _stop(pipeline, stage, folder, rows, state[stage.name])
     return _write_summary(folder, pipeline, rows, write=not dry_run)
+
+
+def _up_to_date(last: dict[str, Any], fp: str) -> bool:
+    return (
+        last.get("status") == "ok"
+        and last.get("fingerprint") == fp
+        and _outputs_exist(last.get("result"))
+    )
+
+
+def _run_one(
+    stage: Stage, options: dict[str, Any], fp: str, state: dict, folder: Path, out: Any
+) -> dict[str, Any]:
+    """Run a stage, recording `running` first (a kill leaves that behind) and its outcome after;
+    returns the summary row's status, seconds and metrics."""
+    save = lambda: write_text(folder / "state.json", json.dumps(state, indent=2) + "\n")  # noqa: E731
+    state[stage.name] = {"status": "running", "fingerprint": fp}
+    save()
+    started = time.perf_counter()
+    result, code, error = None, 0, None
+    try:
+        result = invoke(stage, options, out)
+    except DlpipeError as exc:
+        code, error = exc.exit_code, exc.paragraph()
+    except KeyboardInterrupt:
+        state[stage.name] = {"status": "failed", "fingerprint": fp, "exit_code": 130}
+        save()
+        raise
+    seconds = round(time.perf_counter() - started, 1)
+    status = "ok" if code == 0 else "failed"
+    state[stage.name] = {"status": status, "fingerprint": fp, "result": result,
+                         "seconds": seconds, "exit_code": code, "error": error}  # fmt: skip
+    save()
+    return {"status": status, "seconds": seconds, "metrics": _metrics_of(result)}
+
+
+def _stop(pipeline: Pipeline, stage: Stage, folder: Path, rows: list, record: dict) -> None:
+    """A stage failed: write the summary and raise one paragraph with the stage's own error."""
+    code = record["exit_code"]
+    summary = _write_summary(folder, pipeline, rows)
+    error = (CheckFailed if code == 1 else DlpipeError)(
+        f"Stage {stage.name!r} failed (exit code {code}): {record['error']} The pipeline stopped "
+        "there and the outputs of earlier stages are kept.",
+        hint=f"Fix the cause, then run `dlpipe run {pipeline.path}` again to continue from "
+        f"{stage.name!r} (finished stages are skipped).",
+    )
+    error.exit_code = code if code in (1, 2, 3) else 1
+    error.summary = summary  # type: ignore[attr-defined]
+    raise error
 
 
 def _write_summary(

@@ -1,8 +1,9 @@
-"""Pipeline files: parse with line numbers, check every option against the real CLI command.
+"""Pipeline files: parse with line numbers, check every option against the stage registry.
 
 A stage's keys other than `name`, `command` and `args` are the command's own options, spelled as on
 the command line without the dashes (`image-size` or `image_size`). They are checked against the
-Typer command itself, so the CLI and pipeline files share one definition of names and types.
+stage's config dataclass (dlpipe.stages), the same one the CLI and the Python API fill in: one
+definition of names, types and ranges.
 """
 
 from __future__ import annotations
@@ -148,52 +149,34 @@ def _apply_override(pipeline: Pipeline, text: str) -> None:
     pipeline.stage(stage_name).options[option] = yaml.safe_load(value) if value else ""
 
 
-def command_for(tokens: list[str]):  # noqa: ANN201 - the click command
-    """The real CLI command a stage names (e.g. ['gan', 'train'])."""
-    import typer
+def stage_def(tokens: list[str]) -> Any:
+    """The registry entry a stage's `command:` names (dlpipe.stages.Stage)."""
+    from ..stages import lookup
 
-    from ..cli import app
-
-    cmd = typer.main.get_command(app)
-    for token in tokens:
-        sub = getattr(cmd, "commands", {}).get(token)
-        if sub is None:
-            return None
-        cmd = sub
-    return None if hasattr(cmd, "commands") else cmd
-
-
-def option_param(cmd: Any, option: str) -> Any:
-    """The click parameter for an option spelled `image-size` or `image_size`, else None."""
-    wanted = "--" + option.replace("_", "-")
-    for p in cmd.params:
-        if p.param_type_name == "option" and (wanted in p.opts or wanted in p.secondary_opts):
-            return p
-    return None
+    return lookup(tokens)
 
 
 def check_pipeline(pipeline: Pipeline) -> None:
     """Every command, option, type and reference is valid, or a line-numbered error says why."""
+    from ..stages import STAGES, field_name
+
     seen: list[str] = []
     for stage in pipeline.stages:
         path = pipeline.path
         if stage.name in seen:
             raise _fail(path, stage.line, f"stage name {stage.name!r} is used twice.")
-        cmd = command_for(stage.command)
-        if cmd is None:
+        try:
+            spec = stage_def(stage.command)
+        except BadInput:
             raise _fail(
                 path, stage.line, f"stage {stage.name!r}: `dlpipe {' '.join(stage.command)}` is not a command.",
-                hint="Commands: finetune, gan train, gan sample, ae train, export, validate, predict, data export.",
-            )  # fmt: skip
+                hint=f"Commands: {', '.join(STAGES)}.",
+            ) from None  # fmt: skip
         for option in stage.options:
-            line = stage.option_lines.get(option, stage.line)
-            param = option_param(cmd, option)
-            if param is None:
+            if field_name(spec, option) is None or option.replace("-", "_") in spec.positional:
+                line = stage.option_lines.get(option, stage.line)
                 valid = sorted(
-                    o[2:]
-                    for p in cmd.params
-                    for o in p.opts
-                    if o.startswith("--") and o != "--json"
+                    o.replace("_", "-") for o in spec.options() if o not in spec.positional
                 )
                 close = difflib.get_close_matches(option.replace("_", "-"), valid, n=1)
                 raise _fail(
@@ -211,41 +194,57 @@ def check_pipeline(pipeline: Pipeline) -> None:
                 raise _fail(
                     path, stage.line, f"stage {stage.name!r} refers to {ref!r}, which is {where}."
                 )
-        _check_types(path, stage, cmd)
+        _check_types(path, stage, spec)
         seen.append(stage.name)
 
 
-def stage_argv(stage: Stage, cmd: Any, resolve: Any) -> list[str]:
-    """`<command> <args> --option value ...` for a stage; `resolve` maps each raw value."""
-    argv = [*stage.command, *(str(resolve(a)) for a in stage.args)]
+def stage_options(stage: Stage, spec: Any, resolve: Any) -> dict[str, Any]:
+    """The stage's options by config field name: `args` onto the positional fields (the last one
+    takes the rest when it is a list), then the options; `resolve` maps each raw value."""
+    values: dict[str, Any] = {}
+    args = [resolve(a) for a in stage.args]
+    fields = list(spec.positional)
+    if len(args) > len(fields) and fields and fields[-1] == "images":
+        args = [*args[: len(fields) - 1], args[len(fields) - 1 :]]
+    if len(args) > len(fields):
+        raise BadInput(
+            f"stage {stage.name!r}: `dlpipe {' '.join(stage.command)}` takes {len(fields)} "
+            f"argument(s) ({', '.join(fields) or 'none'}), got {len(args)}."
+        )
+    values.update(zip(fields, args, strict=False))
     for option, raw in stage.options.items():
-        param = option_param(cmd, option)
-        value = resolve(raw)
-        flag = "--" + option.replace("_", "-")
-        if param.is_flag:
-            if value:
-                argv.append(flag)
-            elif param.secondary_opts:
-                argv.append(param.secondary_opts[0])
+        values[option.replace("-", "_")] = resolve(raw)
+    return values
+
+
+def command_line(stage: Stage, spec: Any, resolve: Any) -> str:
+    """How the stage reads as a command line (for plans, logs and the summary)."""
+    words = [*stage.command, *(str(resolve(a)) for a in stage.args)]
+    for option, raw in stage.options.items():
+        value, flag = resolve(raw), "--" + option.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
-            argv += [flag, ",".join(str(v) for v in value)]
+            words += [flag, ",".join(str(v) for v in value)]
         elif value is not None:
-            argv += [flag, str(value)]
-    return argv
+            words += [flag, str(value)]
+    return " ".join(words)
 
 
-def _check_types(path: Path, stage: Stage, cmd: Any) -> None:
-    """Parse the stage's command line with the real command (types, ranges, required args)."""
-    from typer.exceptions import TyperException
+def _check_types(path: Path, stage: Stage, spec: Any) -> None:
+    """Build the stage's config from its values (types, ranges, required arguments), with a
+    placeholder for values that come from earlier stages."""
+    from ..stages import build
 
     def placeholder(value: Any) -> Any:
-        return "from-earlier-stage" if isinstance(value, str) and REF.search(value) else value
+        return None if isinstance(value, str) and REF.search(value) else value
 
-    argv = stage_argv(stage, cmd, placeholder)[len(stage.command) :]
     try:
-        cmd.make_context(" ".join(["dlpipe", *stage.command]), argv)
-    except TyperException as exc:
-        message = exc.format_message()
+        values = stage_options(stage, spec, placeholder)
+        later = {k for k, v in values.items() if v is None}
+        build(spec, {k: v for k, v in values.items() if k not in later}, required=False)
+    except BadInput as exc:
+        message = exc.paragraph()
         line = stage.line
         for option, ln in stage.option_lines.items():
             if f"--{option.replace('_', '-')}" in message:

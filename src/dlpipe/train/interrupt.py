@@ -50,12 +50,12 @@ def catch_sigint() -> Iterator[StopFlag]:
 
 def resume_hint(command: str, run_path: Path, epoch: int, step: int) -> str:
     """The message printed after a Ctrl-C checkpoint."""
-    runs_dir = run_path.parent.parent
-    where = "" if runs_dir == Path("runs") else f" --runs-dir {runs_dir}"
+    from ..runs import RunDir
+
+    run = RunDir(run_path)
     return (
         f"interrupted after {epoch} complete epoch(s), at step {step}; checkpoint saved to "
-        f"{run_path / 'checkpoints' / 'last.safetensors'}. Continue with: "
-        f"dlpipe {command} --resume --name {run_path.name}{where}"
+        f"{run.checkpoint('last')}. Continue with: {run.resume_command(command)}"
     )
 
 

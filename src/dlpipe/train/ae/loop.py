@@ -7,7 +7,6 @@ reduced over processes. Rank 0 alone validates, tests and writes.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,16 @@ import torch.nn.functional as F
 
 from ...checkpoint import load_checkpoint, save_checkpoint
 from ...config import AeConfig
-from ...distributed import DistContext, all_reduce_sum, on_main
+from ...distributed import DistContext, all_reduce_sum
 from ...errors import CheckFailed
 from ...models.autoencoder import AutoEncoder, build_autoencoder
 from ...plots import plot_curves
 from ...runs import RunDir
 from ...runtime import rng_state, set_rng_state
+from .. import loop
 from ..accel import Accel
-from ..images import ImageData, agree_stop, batches, rows_of, share_rng, weighted
-from ..interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
+from ..images import ImageData, agree_stop, batches, rows_of, weighted
+from ..interrupt import Interrupted, StopFlag, save_or_explain
 from ..parallel import training_view
 from .parts import RawOutput, add_noise, evaluate, save_triplets
 
@@ -48,6 +48,10 @@ class AeState:
     ctx: DistContext = field(default_factory=DistContext)
     accel: Accel | None = None  # None: plain float32 (Accel "off")
     view: torch.nn.Module | None = None  # what training calls: image -> raw output (DDP etc.)
+    data: ImageData | None = None  # bound by run_epochs: what the loop's callbacks need
+    val: np.ndarray | None = None
+    run: RunDir | None = None
+    out: Any = None
 
     @property
     def acc(self) -> Accel:
@@ -97,8 +101,10 @@ class AeState:
         self.acc.load_state(ck.state.get("scalers"))
         set_rng_state(ck.state["rng"])
 
-    def save(self, path: Path, data: ImageData) -> Path:
+    def save(self, path: Path, data: ImageData | None = None) -> Path:
         """Atomically write weights (group "model"), optimizer, RNG and the contract's meta."""
+        data = data or self.data
+        assert data is not None, "save() needs the run's data"
         meta = {
             "command": "ae", "kind": "autoencoder", "arch": self.arch, "export_group": "model",
             "preprocess": data.preprocess.to_dict(), "class_names": [],
@@ -116,6 +122,15 @@ class AeState:
             state["scalers"] = self.acc.state()
         weights = {"model": self.model.state_dict()}
         return save_or_explain(lambda: save_checkpoint(path, weights, meta, state), path)
+
+    # ---- the loop skeleton's Task (train/loop.py) ---------------------------------------------
+    def train_epoch(self, pixels: torch.Tensor, epoch: int, advance: Any, stop: StopFlag) -> dict:
+        """One epoch of denoising steps: the global mean training loss."""
+        return {"train_loss": run_epoch(self, pixels, epoch, advance, stop)}
+
+    def end_epoch(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0: validation PSNR/SSIM and grid, metrics.csv, checkpoint, log."""
+        return _end_epoch(self, self.val, self.data, self.run, self.out, row)
 
 
 def _loss(raw: torch.Tensor, clean: torch.Tensor, kind: str) -> torch.Tensor:
@@ -174,20 +189,11 @@ def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any, stop: 
 def run_epochs(
     s: AeState, train: np.ndarray, val: np.ndarray, data: ImageData, run: RunDir, out: Any
 ) -> None:
-    """Train from the state's epoch to cfg.epochs; validate and checkpoint after every epoch."""
+    """Train from the state's epoch to cfg.epochs through the shared loop skeleton."""
+    s.data, s.val, s.run, s.out = data, val, run, out
     pixels = torch.from_numpy(train).to(s.device)
     steps = len(batches(len(pixels), s.cfg.batch_size, s.ctx.world_size))
-    with (
-        out.progress("ae train", steps * (s.cfg.epochs - s.epoch)) as advance,
-        catch_sigint() as stop,
-    ):
-        try:
-            _epochs(s, pixels, val, data, run, out, advance, stop)
-        except Interrupted:
-            # every process stopped at the same step; the others wait for rank 0's save
-            on_main(lambda: s.save(run.checkpoint("last"), data), s.ctx)
-            out.warn(resume_hint("ae train", run.path, s.epoch, s.step))
-            raise KeyboardInterrupt from None
+    loop.run_epochs(s, "ae train", pixels, steps, run, out)
 
 
 def _end_epoch(
@@ -207,26 +213,6 @@ def _end_epoch(
     run.log(f"epoch {epoch}: train_loss {row['train_loss']:.5f}{shown}")
     out.print(f"epoch {epoch}/{s.cfg.epochs}: loss {row['train_loss']:.5f}{shown}")
     return row
-
-
-def _epochs(
-    s: AeState, pixels: Any, val: np.ndarray, data: ImageData, run: RunDir, out: Any,
-    advance: Any, stop: StopFlag,
-) -> None:  # fmt: skip
-    """The epoch loop of `run_epochs`; Ctrl-C surfaces as Interrupted at a step boundary."""
-    for epoch in range(s.epoch + 1, s.cfg.epochs + 1):
-        t0 = time.perf_counter()
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": run_epoch(s, pixels, epoch, advance, stop),
-        }
-        row["train_seconds"] = time.perf_counter() - t0
-        row["images_per_s"] = len(pixels) / max(row["train_seconds"], 1e-9)
-        s.epoch = epoch  # before the checkpoint is written
-        s.metrics = on_main(lambda row=row: _end_epoch(s, val, data, run, out, row), s.ctx)
-        share_rng(s.ctx, s.device)
-        if epoch < s.cfg.epochs and agree_stop(stop.requested, s.device, s.ctx):
-            raise Interrupted  # Ctrl-C during validation: the epoch's checkpoint is written
 
 
 def final_outputs(

@@ -10,7 +10,6 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -91,10 +90,8 @@ def train_all(s: Session) -> None:
         if last.exists():
             s.out.warn(
                 f"interrupted in epoch {s.epoch + 1}; the checkpoint of epoch {s.epoch} is kept in "
-                f"{last}. Continue with: dlpipe finetune --resume --name {s.run.path.name}"
-                + ("" if s.run.path.parent.parent == Path("runs") else
-                   f" --runs-dir {s.run.path.parent.parent}")
-            )  # fmt: skip
+                f"{last}. Continue with: {s.run.resume_command('finetune')}"
+            )
         else:
             s.out.warn("interrupted before the first epoch finished; there is nothing to resume.")
         raise

@@ -22,15 +22,16 @@ from torch import nn
 
 from ...checkpoint import load_checkpoint, save_checkpoint
 from ...config import GanConfig
-from ...distributed import DistContext, all_reduce_sum, on_main
+from ...distributed import DistContext, all_reduce_sum
 from ...errors import Diverged
 from ...models.dcgan import build_discriminator, build_generator
 from ...plots import plot_curves
 from ...runs import RunDir
 from ...runtime import rng_state, set_rng_state
+from .. import loop
 from ..accel import Accel
-from ..images import ImageData, agree_stop, batches, rows_of, share_rng, weighted
-from ..interrupt import Interrupted, StopFlag, catch_sigint, resume_hint, save_or_explain
+from ..images import ImageData, agree_stop, batches, rows_of, weighted
+from ..interrupt import Interrupted, StopFlag, save_or_explain
 from ..parallel import training_view
 from .evaluate import (
     FD_KEY,
@@ -69,6 +70,9 @@ class GanState:
     accel: Accel | None = None  # None: plain float32 (Accel "off")
     g_view: nn.Module | None = None  # what training calls (DDP etc.); None: the plain g
     d_view: nn.Module | None = None
+    data: ImageData | None = None  # bound by run_epochs: what the loop's callbacks need
+    run: RunDir | None = None
+    out: Any = None
 
     @property
     def gv(self) -> nn.Module:
@@ -148,8 +152,10 @@ class GanState:
             "config": asdict(self.cfg),
         }  # fmt: skip
 
-    def save(self, path: Path, data: ImageData) -> Path:
+    def save(self, path: Path, data: ImageData | None = None) -> Path:
         """Atomically write the checkpoint: exportable G, raw G, D (and EMA), optimizers, RNG."""
+        data = data or self.data
+        assert data is not None, "save() needs the run's data"
         export = self.g_export if self.g_export is not None else self.g  # Ctrl-C in epoch 1
         weights = {
             "generator": export.state_dict(),
@@ -168,6 +174,16 @@ class GanState:
         if self.acc.state():  # fp16 loss scales
             state["scalers"] = self.acc.state()
         return save_or_explain(lambda: save_checkpoint(path, weights, self.meta(data), state), path)
+
+    # ---- the loop skeleton's Task (train/loop.py) ---------------------------------------------
+    def train_epoch(self, pixels: torch.Tensor, epoch: int, advance: Any, stop: StopFlag) -> dict:
+        """One epoch of steps: the global step count, mean losses and D outputs, steps done."""
+        row = run_epoch(self, pixels, epoch, self.out, advance, stop)
+        return {"step": self.step, **row}
+
+    def end_epoch(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0: sample grid, fd/kid when due, metrics.csv, checkpoint, log."""
+        return _end_epoch(self, self.data, self.run, self.out, row)
 
 
 def _no_sync(view: nn.Module) -> contextlib.AbstractContextManager[Any]:
@@ -284,7 +300,7 @@ def run_epoch(
         s.step += 1
         sums = [x + y for x, y in zip(sums, values, strict=True)]
         n += 1
-        advance(0, info=f"epoch {epoch} loss_d {values[0]:.3f} loss_g {values[1]:.3f}")
+        advance(1, info=f"epoch {epoch} loss_d {values[0]:.3f} loss_g {values[1]:.3f}")
     keys = ("loss_d", "loss_g", "d_x", "d_g_z")
     return {k: v / max(n, 1) for k, v in zip(keys, sums, strict=True)} | {"steps": n}
 
@@ -316,20 +332,11 @@ def _evaluate_now(s: GanState, data: ImageData, run: RunDir, epoch: int) -> dict
 
 
 def run_epochs(s: GanState, data: ImageData, run: RunDir, out: Any) -> None:
-    """Train from the state's epoch to cfg.epochs, checkpointing after every epoch."""
+    """Train from the state's epoch to cfg.epochs through the shared loop skeleton."""
+    s.data, s.run, s.out = data, run, out
     pixels = torch.from_numpy(data.train).to(s.device)
     steps = len(batches(len(pixels), s.cfg.batch_size, s.ctx.world_size))
-    with (
-        out.progress("gan train", steps * (s.cfg.epochs - s.epoch)) as advance,
-        catch_sigint() as stop,
-    ):
-        try:
-            _epochs(s, data, run, out, pixels, advance, stop)
-        except Interrupted:
-            # every process stopped at the same step; the others wait for rank 0's save
-            on_main(lambda: s.save(run.checkpoint("last"), data), s.ctx)
-            out.warn(resume_hint("gan train", run.path, s.epoch, s.step))
-            raise KeyboardInterrupt from None
+    loop.run_epochs(s, "gan train", pixels, steps, run, out)
 
 
 def _end_epoch(s: GanState, data: ImageData, run: RunDir, out: Any, row: dict) -> dict:
@@ -349,24 +356,6 @@ def _end_epoch(s: GanState, data: ImageData, run: RunDir, out: Any, row: dict) -
         f" ({row['images_per_s']:.0f} img/s){fd}"
     )
     return s.metrics
-
-
-def _epochs(
-    s: GanState, data: ImageData, run: RunDir, out: Any, pixels: Any, advance: Any, stop: StopFlag
-) -> None:
-    """The epoch loop of `run_epochs`; Ctrl-C surfaces as Interrupted at a step boundary."""
-    for epoch in range(s.epoch + 1, s.cfg.epochs + 1):
-        t0 = time.perf_counter()
-        row = run_epoch(s, pixels, epoch, out, lambda n, info: advance(0, info=info), stop)
-        train_s = time.perf_counter() - t0
-        advance(row["steps"])
-        row = {"epoch": epoch, "step": s.step, **row}
-        row |= {"train_seconds": train_s, "images_per_s": len(pixels) / max(train_s, 1e-9)}
-        s.epoch = epoch  # before the checkpoint is written
-        s.metrics = on_main(lambda row=row: _end_epoch(s, data, run, out, row), s.ctx)
-        share_rng(s.ctx, s.device)  # rank 0's evaluation may have drawn random numbers
-        if epoch < s.cfg.epochs and agree_stop(stop.requested, s.device, s.ctx):
-            raise Interrupted  # Ctrl-C during evaluation: the epoch's checkpoint is written
 
 
 def final_outputs(
