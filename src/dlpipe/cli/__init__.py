@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import ae, data, doctor, finetune, gan, onnx, pipeline, weights
+from . import ae, data, doctor, evaluate, finetune, gan, onnx, pipeline, weights
 
 app = typer.Typer(
     name="dlpipe",
@@ -44,6 +44,7 @@ finetune.register(app)
 app.add_typer(gan.app, name="gan")
 app.add_typer(ae.app, name="ae")
 onnx.register(app)
+evaluate.register(app)
 pipeline.register(app)
 app.add_typer(data.app, name="data")
 app.add_typer(weights.app, name="weights")
