@@ -47,6 +47,9 @@ def plot_curves(
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+        else:  # e.g. fd/kid with --fd-every 0: say so instead of drawing empty axes
+            ax.text(0.5, 0.5, "not measured in this run", transform=ax.transAxes, ha="center",
+                    color="grey")  # fmt: skip
     fig.tight_layout()
     return _save(fig, out)
 
