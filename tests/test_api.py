@@ -64,3 +64,10 @@ def test_errors_are_dlpipe_errors_naming_the_problem(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="--amp 'fp8' is not one of off, bf16, fp16"):
         dlpipe.train_ae(amp="fp8")
     assert not list(Path("runs").glob("*/*"))  # nothing started, no run folder left behind
+
+
+def test_eval_through_the_api() -> None:
+    r = dlpipe.finetune(backbone="mnist_cnn", weights="none", data="digits", epochs=1, limit=120,
+                        eval_limit=40, image_size=8, device="cpu")  # fmt: skip
+    ev = dlpipe.eval(r["run_dir"], data="digits", limit=50)
+    assert 0.0 <= ev["metrics"]["accuracy"] <= 1.0

@@ -18,6 +18,7 @@ COMMANDS = [
     ["export"],
     ["validate"],
     ["predict"],
+    ["eval"],
     ["inspect"],
     ["run"],
     ["data"],

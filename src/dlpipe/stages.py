@@ -68,6 +68,8 @@ STAGES: dict[str, Stage] = {
         Stage("predict", "dlpipe.export.predict:PredictConfig",
               "dlpipe.export.commands:predict_stage", "inference with onnxruntime alone",
               positional=("model", "images")),
+        Stage("eval", "dlpipe.export.evaluate:EvalConfig", "dlpipe.export.evaluate:evaluate",
+              "accuracy and confusion matrix on a labelled set", positional=("model",)),
         Stage("gan sample", "dlpipe.config:SampleConfig", "dlpipe.export.commands:sample_stage",
               "sample grids from a generator", positional=("model",), aliases={"n": "num"}),
         Stage("data export", "dlpipe.config:DataExportConfig", "dlpipe.data.write:export_builtin",

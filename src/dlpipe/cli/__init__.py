@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .._version import __version__
-from . import ae, backbones, data, doctor, finetune, gan, onnx, pipeline, weights
+from . import ae, backbones, data, doctor, evaluate, finetune, gan, onnx, pipeline, weights
 
 app = typer.Typer(
     name="dlpipe",
@@ -43,6 +43,7 @@ finetune.register(app)
 app.add_typer(gan.app, name="gan")
 app.add_typer(ae.app, name="ae")
 onnx.register(app)
+evaluate.register(app)
 pipeline.register(app)
 app.add_typer(backbones.app, name="backbones")
 app.add_typer(data.app, name="data")

@@ -247,6 +247,17 @@ def predict(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Autoencoders: folder for reconstructions / latents.")
     ] = Path("predictions"),
+    save_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-csv",
+            help="Also write FILE.csv: one row per input file (path, top-k classes and "
+            "probabilities; skipped files with their reason in 'error').",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Images per onnxruntime call.")
+    ] = 32,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -255,8 +266,8 @@ def predict(
     from ..export.predict import predict as run_predict
 
     out = Output(json, quiet)
-    cfg = PredictConfig(model, list(images), top_k, provider, out_dir)
-    result = run_predict(cfg)
+    cfg = PredictConfig(model, list(images), top_k, provider, out_dir, batch_size, save_csv)
+    result = run_predict(cfg, out)
     for f in result["skipped"]:
         out.warn(f"skipped {f['file']}: {f['reason']}")
     for row in result["predictions"]:
@@ -266,6 +277,8 @@ def predict(
     where = f"{len(result['predictions'])} images on {result['provider']}"
     if result["kind"] == "autoencoder":
         where += f"; outputs written to {out_dir}/"
+    if "csv" in result:
+        where += f"; table in {result['csv']}"
     out.result(result, where)
 
 

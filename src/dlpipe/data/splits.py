@@ -77,3 +77,27 @@ def subsample(labels: np.ndarray, indices: np.ndarray, limit: int | None, seed: 
         return indices
     keep, _ = _stratified(labels[indices], [1.0 - limit / len(indices)], seed)
     return indices[keep]
+
+
+def spread(labels: np.ndarray, n: int) -> np.ndarray:
+    """Up to n positions into `labels`, stratified by class (each class in proportion, every class
+    once when n allows) and evenly spaced within each class; unlabeled (-1) data is one class, so
+    the pick spans the whole array instead of its first n items. Sorted; all when n >= len."""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(n * counts / counts.sum()).astype(np.int64)
+    if n >= len(classes):
+        quota = np.maximum(quota, 1)  # a class never disappears from the sample
+    while quota.sum() > n:  # the floor of 1 can overshoot: take back from the largest quotas
+        quota[np.argmax(quota)] -= 1
+    share = n * counts / counts.sum() - quota  # largest remainders get the leftover places
+    for k in np.argsort(-share, kind="stable")[: n - quota.sum()]:
+        quota[k] += 1
+    picked = []
+    for cls, q in zip(classes, quota, strict=True):
+        idx = np.flatnonzero(labels == cls)
+        q = min(int(q), len(idx))
+        picked.append(idx[np.linspace(0, len(idx) - 1, q).round().astype(np.int64)])
+    return np.sort(np.concatenate(picked))

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Preprocess, make_split, open_source
+from ..data import Preprocess, Split, make_split, open_source
+from ..data.splits import spread
 from ..errors import BadInput
 
 
@@ -28,8 +29,35 @@ class InputSet:
     note: str = ""
 
 
+def model_split(ds: Any, data: dict[str, Any]) -> Split:
+    """The train/val/test split a checkpoint's data description recorded, recomputed on `ds`."""
+    return make_split(
+        ds.labels,
+        float(data.get("val_fraction", 0.1)),
+        float(data.get("test_fraction", 0.1)),
+        int(data.get("seed", 0)),
+        ds.official_test,
+    )
+
+
+def per_class_note(labels: np.ndarray, class_names: list[str]) -> str:
+    """'6-7 per class (0: 7, 1: 7, ...)': how a sample covers the classes (unlabeled: '')."""
+    if not class_names or len(labels) == 0 or np.any(labels < 0):
+        return ""
+    counts = np.bincount(labels, minlength=len(class_names))
+    span = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+    text = f"stratified by class: {span} per class"
+    if len(class_names) <= 20:
+        text += (
+            " (" + ", ".join(f"{n}: {c}" for n, c in zip(class_names, counts, strict=True)) + ")"
+        )
+    return text
+
+
 def held_out(meta: dict[str, Any], n: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """uint8 NCHW pixels and labels of up to n held-out images of the checkpoint's data."""
+    """uint8 NCHW pixels and labels of up to n held-out images of the checkpoint's data, picked
+    stratified by class (spread over the split when unlabeled): never just the first n, which on a
+    class-sorted set are all one class."""
     from ..data.arrays import pixels_of
 
     data = meta.get("data") or {}
@@ -39,23 +67,22 @@ def held_out(meta: dict[str, Any], n: int) -> tuple[np.ndarray, np.ndarray, str]
             hint="Use --inputs random, or re-export from a checkpoint written by dlpipe training.",
         )
     ds = open_source(data["source"], data.get("data_root"))
-    split = make_split(
-        ds.labels,
-        float(data.get("val_fraction", 0.1)),
-        float(data.get("test_fraction", 0.1)),
-        int(data.get("seed", 0)),
-        ds.official_test,
+    split = model_split(ds, data)
+    name, pool = next(
+        ((k, s) for k, s in (("test", split.test), ("val", split.val)) if len(s)),
+        ("whole", np.arange(len(ds))),
     )
-    pool = next((s for s in (split.test, split.val, np.arange(len(ds))) if len(s)), split.train)
-    idx = pool[: max(1, n)]
-    note = f"{len(idx)} held-out images of {ds.name}"
+    idx = pool[spread(ds.labels[pool], max(1, n))]
+    how = per_class_note(ds.labels[idx], ds.class_names) or "spread over the split"
+    note = f"{len(idx)} of the {len(pool)} images in the {name} split of {ds.name}, {how}"
     if data.get("fingerprint") and data["fingerprint"] != ds.fingerprint:
         note += f" (WARNING: data fingerprint {ds.fingerprint} != training's {data['fingerprint']})"
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
     return pixels_of(ds, idx, pre), ds.labels[idx], note
 
 
-def _from_pixels(meta: dict[str, Any], pixels: np.ndarray) -> np.ndarray:
+def model_input(meta: dict[str, Any], pixels: np.ndarray) -> np.ndarray:
+    """uint8 NCHW pixels -> the float32 input the model takes (normalized unless in the graph)."""
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
     if (meta.get("preprocess") or {}).get("in_graph"):
         return pixels.astype(np.float32)
@@ -86,11 +113,11 @@ def build_inputs(
             full_meta = {**meta, "input": {"kind": "image"}}
             pixels, labels, note = held_out(full_meta, n)
             sets.append(
-                InputSet("real", encode(_from_pixels(meta, pixels)), labels, "encoded " + note)
+                InputSet("real", encode(model_input(meta, pixels)), labels, "encoded " + note)
             )
         else:
             pixels, labels, note = held_out(meta, n)
-            sets.append(InputSet("real", _from_pixels(meta, pixels), labels, note))
+            sets.append(InputSet("real", model_input(meta, pixels), labels, note))
     if which in ("random", "both"):
         if kind == "latent":
             x = rng.standard_normal((n, *shape)).astype(np.float32)
@@ -98,6 +125,6 @@ def build_inputs(
         else:
             pixels = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
             sets.append(
-                InputSet("random", _from_pixels(meta, pixels), note=f"{n} uniform random images")
+                InputSet("random", model_input(meta, pixels), note=f"{n} uniform random images")
             )
     return sets

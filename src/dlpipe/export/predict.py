@@ -6,14 +6,18 @@ same `dlpipe.data.Preprocess` the training used, so there is nothing to re-imple
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_text
+from ..console import Reporter, quiet
 from ..data.decode import BadImage, decode, is_image_name
 from ..data.preprocess import Preprocess
 from ..errors import BadInput, CheckFailed
@@ -31,7 +35,8 @@ class PredictConfig:
     top_k: int = 5  # classes listed per image (1..number of classes)
     provider: str = "cpu"  # cpu, cuda, tensorrt: must really run, no silent fallback
     out: Path = Path("predictions")  # autoencoders: where reconstructions/latents are written
-    batch_size: int = 32  # images per onnxruntime call
+    batch_size: int = 32  # images per onnxruntime call; 8-256 is sensible (memory grows with it)
+    save_csv: Path | None = None  # one row per input file: path, top-k classes and probabilities
 
 
 def collect_images(items: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -57,15 +62,28 @@ def collect_images(items: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
     return found, skipped
 
 
-def _session(cfg: PredictConfig) -> Any:
-    if cfg.provider.lower() in ("cpu", "cpuexecutionprovider"):
-        return cpu_session(check_readable(cfg.model))
-    session, result = session_for(
-        check_readable(cfg.model), ALIASES.get(cfg.provider.lower(), cfg.provider)
-    )
+def open_session(model: Path, provider: str = "cpu") -> Any:
+    """An onnxruntime session on exactly `provider` (no silent fallback), or a clear error."""
+    if provider.lower() in ("cpu", "cpuexecutionprovider"):
+        return cpu_session(check_readable(model))
+    session, result = session_for(check_readable(model), ALIASES.get(provider.lower(), provider))
     if session is None:
-        raise CheckFailed(f"--provider {cfg.provider}: {result.reason}", hint="Use --provider cpu.")
+        raise CheckFailed(f"--provider {provider}: {result.reason}", hint="Use --provider cpu.")
     return session
+
+
+def run_batched(session: Any, input_name: str, x: np.ndarray) -> np.ndarray:
+    """The first output for `x`; a file exported with a static batch gets chunks of that size (the
+    last one padded by repeating rows, the padding dropped from the output)."""
+    static = session.get_inputs()[0].shape[0]
+    if not isinstance(static, int) or static == len(x):
+        return session.run(None, {input_name: x})[0]
+    outs = []
+    for start in range(0, len(x), static):
+        chunk = x[start : start + static]
+        padded = np.resize(chunk, (static, *chunk.shape[1:])) if len(chunk) < static else chunk
+        outs.append(session.run(None, {input_name: padded})[0][: len(chunk)])
+    return np.concatenate(outs)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -73,9 +91,12 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def predict(cfg: PredictConfig, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def predict(cfg: PredictConfig, out: Reporter | None = None) -> dict[str, Any]:
     """Run the model on every image; returns {"predictions": [...], "skipped": [...], ...}."""
-    session = _session(cfg)
+    out = out or quiet()
+    if cfg.batch_size < 1:
+        raise BadInput(f"--batch-size {cfg.batch_size}: needs a positive integer.", hint="e.g. 32")
+    session = open_session(cfg.model, cfg.provider)
     meta = metadata.from_session(session, cfg.model)
     kind, part = meta.get("kind"), meta.get("part", "full")
     if kind == "generator":
@@ -88,26 +109,36 @@ def predict(cfg: PredictConfig, progress: Callable[[int], None] | None = None) -
             f"{cfg.model} is an autoencoder decoder: its input is a latent vector, not an image.",
             hint="Predict with the full or encoder export (dlpipe export RUN --part full).",
         )
+    if cfg.save_csv is not None:
+        check_csv_target(cfg.save_csv)
     pre_dict = meta.get("preprocess") or {}
     pre = Preprocess.from_dict(pre_dict)
     paths, skipped = collect_images(cfg.images)
     good, outputs = [], []
-    for start in range(0, len(paths), cfg.batch_size):
-        chunk, batch = [], []
-        for p in paths[start : start + cfg.batch_size]:
-            try:
-                px = pre.pixels(decode(p))
-            except BadImage as exc:
-                skipped.append((str(p), str(exc)))
-                continue
-            chunk.append(p)
-            batch.append(px.astype(np.float32) if pre_dict.get("in_graph") else pre.normalize(px))
-        if batch:
-            out = session.run(None, {meta["input"]["name"]: np.stack(batch).astype(np.float32)})[0]
-            good += chunk
-            outputs.append(out)
-        if progress:
-            progress(len(paths[start : start + cfg.batch_size]))
+    # a bar for folders and long lists; a few named files finish before a bar would show
+    total = (
+        len(paths)
+        if len(paths) > cfg.batch_size or any(Path(i).is_dir() for i in cfg.images)
+        else 0
+    )
+    with out.progress("predicting", total) if total else _no_bar() as advance:
+        for start in range(0, len(paths), cfg.batch_size):
+            chunk, batch = [], []
+            for p in paths[start : start + cfg.batch_size]:
+                try:
+                    px = pre.pixels(decode(p))
+                except BadImage as exc:
+                    skipped.append((str(p), str(exc)))
+                    continue
+                chunk.append(p)
+                batch.append(
+                    px.astype(np.float32) if pre_dict.get("in_graph") else pre.normalize(px)
+                )
+            if batch:
+                x = np.stack(batch).astype(np.float32)
+                outputs.append(run_batched(session, meta["input"]["name"], x))
+                good += chunk
+            advance(len(paths[start : start + cfg.batch_size]))
     if not good:
         raise BadInput("None of the images could be decoded.", hint="See the skipped files listed.")
     result = np.concatenate(outputs)
@@ -116,8 +147,59 @@ def predict(cfg: PredictConfig, progress: Callable[[int], None] | None = None) -
         rows = _classify(good, result, meta, cfg.top_k)
     else:
         rows = _write_arrays(good, result, meta, part, cfg.out)
-    return {"model": str(cfg.model), "kind": kind, "part": part, "provider": provider,
-            "predictions": rows, "skipped": [{"file": f, "reason": r} for f, r in skipped]}  # fmt: skip
+    payload = {"model": str(cfg.model), "kind": kind, "part": part, "provider": provider,
+               "predictions": rows, "skipped": [{"file": f, "reason": r} for f, r in skipped]}  # fmt: skip
+    if cfg.save_csv is not None:
+        payload["csv"] = str(write_csv(cfg.save_csv, rows, payload["skipped"]))
+    return payload
+
+
+@contextmanager
+def _no_bar() -> Iterator[Callable[..., None]]:
+    yield lambda n=1, **fields: None
+
+
+def check_csv_target(path: Path) -> None:
+    """Fail before any work when --save-csv cannot be written there."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"--save-csv {path} is a folder.", hint="Name a file, e.g. predictions.csv.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise BadInput(
+            f"--save-csv {path}: {parent} is not a folder.", hint="Name a writable file."
+        )
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -> Path:
+    """One row per input file, written atomically with the csv module (quoting any name):
+    classifiers `path, top1_class, top1_probability, ..., topK_*, error`; autoencoders
+    `path, output, error`; skipped files keep their row with only `error` filled in."""
+    k = max((len(r["top"]) for r in rows if "top" in r), default=0)
+    if k:
+        columns = ["path"] + [
+            f"top{i}_{f}" for i in range(1, k + 1) for f in ("class", "probability")
+        ]
+    else:
+        columns = ["path", "output"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([*columns, "error"])
+    for r in rows:
+        if "top" in r:
+            cells = [c for t in r["top"] for c in (t["class"], f"{t['probability']:.6g}")]
+        else:
+            cells = [r.get("reconstruction") or r.get("latent") or ""]
+        writer.writerow([r["file"], *cells, *[""] * (len(columns) - 1 - len(cells)), ""])
+    for s in skipped:
+        writer.writerow([s["file"], *[""] * (len(columns) - 1), s["reason"]])
+    try:
+        return write_text(path, buf.getvalue())
+    except OSError as exc:
+        raise BadInput(
+            f"--save-csv {path} cannot be written: {exc.strerror or exc}.",
+            hint="Choose a writable place.",
+        ) from None
 
 
 def _classify(

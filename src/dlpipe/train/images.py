@@ -33,6 +33,7 @@ class ImageData:
     data_meta: dict[str, Any]
     summary: str
     skipped: list[tuple[str, str]]  # unusable files of the source: (path, reason)
+    heldout_labels: np.ndarray | None = None  # class of each held-out image (-1: unlabeled)
 
 
 def _pick_size(requested: int | None, native: int) -> int:
@@ -92,7 +93,8 @@ def load_image_data(
         "heldout_images": int(len(split.test)),
         "val_images": int(len(split.val)),
     }
-    return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped)
+    labels = ds.labels[split.test]
+    return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped, labels)
 
 
 def begin_run(run: Any, data: ImageData, out: Any, cfg: Any, state: Any, resume: bool,

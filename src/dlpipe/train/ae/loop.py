@@ -221,7 +221,8 @@ def final_outputs(
     """Held-out (test) PSNR/SSIM and gain, the triplet grid, curves; the command's result."""
     grid, test = None, {}
     if len(data.heldout):
-        test = evaluate(s.model, data.heldout, s.noise, s.device, seed=s.cfg.seed + 2)
+        test = evaluate(s.model, data.heldout, s.noise, s.device, seed=s.cfg.seed + 2,
+                        labels=data.heldout_labels)  # fmt: skip
         grid = save_triplets(test.pop("_examples"), run.path / "reconstructions.png")
     metrics = {
         **test,

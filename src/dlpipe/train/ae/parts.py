@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...data.splits import spread
 from ...errors import BadInput
 from ...metrics.image import psnr, ssim
-from ...plots import image_grid, save_png
+from ...plots import image_grid, labeled_rows
 
 NOISE_KINDS = {
     "gaussian": "add N(0, sigma^2) per pixel, clip to [0, 1] (level = sigma, e.g. 0.3)",
@@ -80,10 +81,12 @@ def evaluate(
     device: Any,
     seed: int,
     batch: int = 256,
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """PSNR/SSIM of reconstructions (and of the noisy input) against clean held-out images.
 
     The noise is drawn from a seeded generator, so every epoch and every run sees the same corruption.
+    The 8 example columns are spread over the classes (`labels`), else over the whole set.
     """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -104,11 +107,13 @@ def evaluate(
         out["noisy_psnr_db"] = float(np.mean(psnr(n, c)))
         out["noisy_ssim"] = float(np.mean(ssim(n, c)))
         out["psnr_gain_db"] = out["psnr_db"] - out["noisy_psnr_db"]
-    out["_examples"] = (n[:8], r[:8], c[:8])
+    show = spread(labels if labels is not None else np.full(len(c), -1), 8)
+    out["_examples"] = (n[show], r[show], c[show])
     return out
 
 
 def save_triplets(examples: tuple[np.ndarray, ...], out: Path) -> Path:
-    """Rows noisy | reconstructed | clean (one column per image) as one PNG."""
+    """Rows noisy | reconstructed | clean (one column per image) as one labelled PNG."""
     rows = [np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8) for a in examples]
-    return save_png(image_grid(np.concatenate(rows), nrow=len(rows[0])), out)
+    grids = [image_grid(r, nrow=len(r)) for r in rows]
+    return labeled_rows(grids, ["noisy", "reconstructed", "clean"][-len(grids) :], out)

@@ -48,7 +48,9 @@ def finish(s: Session) -> dict[str, Any]:
     curves = plot_curves(rows, {"loss": ["train_loss", "val_loss"],
                                 "accuracy": ["train_acc", "val_acc"]},
                          s.run.path / "curves.png")  # fmt: skip
-    cm_png = plot_confusion(ho["confusion"], s.data.ds.class_names, s.run.path / "confusion.png")
+    title = f"{s.info['backbone']} on {s.cfg.data}: held-out {ho['split']} split"
+    cm_png = plot_confusion(ho["confusion"], s.data.ds.class_names, s.run.path / "confusion.png",
+                            title=title, accuracy=ho["acc"])  # fmt: skip
     metrics = {
         "held_out_acc": ho["acc"], "test_acc": ho["acc"], "test_loss": ho["loss"],
         "held_out_split": ho["split"], "held_out_size": ho["n"],

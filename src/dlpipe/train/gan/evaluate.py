@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ...metrics.distances import frechet_distance, kernel_distance
-from ...plots import image_grid, save_png
+from ...plots import image_grid, labeled_rows, save_png
 
 FD_KEY = "fd_mobilenet_v2"
 KID_KEY = "kid_mobilenet_v2"
@@ -138,20 +138,20 @@ class QualityMeter:
 
 
 def progress_sheet(sample_dir: Path, out: Path, image_side: int, per_row: int = 8) -> Path | None:
-    """Stack the first row of each saved epoch grid (up to 12 epochs, evenly spaced) in one PNG."""
+    """Stack the first row of each saved epoch grid (up to 12 epochs, evenly spaced) in one PNG,
+    each row labelled with its epoch."""
     from PIL import Image
 
     files = sorted(sample_dir.glob("epoch_*.png"))
     if not files:
         return None
     keep = np.unique(np.linspace(0, len(files) - 1, min(12, len(files))).round().astype(int))
-    rows = []
+    rows, labels = [], []
     for i in keep:
         arr = np.asarray(Image.open(files[i]))
         rows.append(arr[: image_side + 4])  # pad 2 + one row of images + pad 2
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, [(0, 0), (0, width - r.shape[1])] + [(0, 0)] * (r.ndim - 2)) for r in rows]
-    return save_png(np.concatenate(rows), out)
+        labels.append(f"epoch {int(files[i].stem.split('_')[-1])}")
+    return labeled_rows(rows, labels, out)
 
 
 def save_grid(images: np.ndarray, out: Path, nrow: int = 8) -> Path:
