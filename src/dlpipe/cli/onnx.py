@@ -78,7 +78,14 @@ def export(
         typer.Option("--out", "-o", help="Output .onnx (default exports/<run>[-part].onnx)."),
     ] = None,
     opset: Annotated[
-        int, typer.Option("--opset", min=11, max=23, help="ONNX opset (dynamo needs >= 18).")
+        int,
+        typer.Option(
+            "--opset",
+            min=11,
+            max=23,
+            help="ONNX opset of the file (dynamo writes >= 18; below, auto uses TorchScript; "
+            "the metadata states the file's real opset).",
+        ),
     ] = 18,
     dynamic_batch: Annotated[
         bool,
