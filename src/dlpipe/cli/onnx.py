@@ -31,6 +31,24 @@ def _sizes(text: str) -> list[int]:
         ) from None
 
 
+RuntimesOpt = Annotated[
+    str,
+    typer.Option(
+        "--runtimes",
+        help="Runtimes to judge against PyTorch: a comma list of onnxruntime, openvino, tract, "
+        "or all (every one installed). A runtime that is not installed exits 3.",
+    ),
+]
+OpenvinoPrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--openvino-precision",
+        help="OpenVINO CPU inference precision: f32 (exact), bf16 (what AMX/AVX512-BF16 CPUs pick "
+        "by default; judged with fp16 tolerances) or auto (the plugin's own choice).",
+    ),
+]
+
+
 def parity_metrics(report: dict) -> dict:
     """The headline figures of a parity report (pipeline summaries, --json consumers)."""
     errors = [
@@ -38,17 +56,23 @@ def parity_metrics(report: dict) -> dict:
         for c in report["checks"]
         if c.get("stats", {}).get("max_abs") is not None
     ]
-    speedups = [r["speedup"] for r in report.get("latency", []) if r.get("speedup")]
-    metrics = {"parity_passed": bool(report["passed"])}
+    speedups = [
+        r["speedup"]
+        for r in report.get("latency", [])
+        if r.get("speedup") and r.get("runtime", "onnxruntime") == "onnxruntime"
+    ]
+    metrics: dict = {"parity_passed": bool(report["passed"])}
     if errors:
         metrics["max_abs_error"] = max(errors)
     if speedups:
         metrics["ort_speedup"] = speedups[-1]  # the largest batch measured
+    if report.get("runtimes"):
+        metrics["runtimes"] = report["runtimes"]
     return metrics
 
 
 def _finish_validation(out: Output, report: dict, extra: dict | None = None) -> None:
-    from ..errors import CheckFailed
+    from ..errors import CheckFailed, EnvironmentProblem
     from ..export.report import print_table
 
     print_table(out, report)
@@ -58,9 +82,17 @@ def _finish_validation(out: Output, report: dict, extra: dict | None = None) -> 
         f"parity report: {where}",
     )
     if not report["passed"]:
-        failed = [r["check"] for r in report["checks"] if not r["ok"]]
+        failed = [r for r in report["checks"] if not r["ok"]]
+        names = ", ".join(r["check"] for r in failed)
+        if all(r.get("unavailable") for r in failed):  # this machine, not the file: exit 3
+            raise EnvironmentProblem(
+                f"Not available here: {names} ({'; '.join(r['detail'] for r in failed)}). "
+                "Every check that could run passed.",
+                hint=" ".join(dict.fromkeys(r.get("advice", "") for r in failed))
+                + f" Report: {where}.",
+            )
         raise CheckFailed(
-            f"Parity FAILED for {report['model']}: {', '.join(failed)}.",
+            f"Parity FAILED for {report['model']}: {names}.",
             hint=f"The explanation of each failed check is above and in {where}.",
         )
 
@@ -199,6 +231,8 @@ def validate(
         ),
     ] = None,
     providers: ProvidersOpt = "auto",
+    runtimes: RuntimesOpt = "onnxruntime",
+    openvino_precision: OpenvinoPrecisionOpt = "f32",
     batch_sizes: Annotated[
         str,
         typer.Option(
@@ -227,12 +261,13 @@ def validate(
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Check that an ONNX file computes what the PyTorch model computes, on every provider; exit 1 if not."""
+    """Check that an ONNX file computes what the PyTorch model computes, in every runtime and provider; exit 1 if not."""
     from ..export.parity import ValidateConfig, validate_stage
 
     out = Output(json, quiet)
     cfg = ValidateConfig(
-        model=model, against=against, providers=providers, batch_sizes=_sizes(batch_sizes),
+        model=model, against=against, providers=providers, runtimes=runtimes,
+        openvino_precision=openvino_precision, batch_sizes=_sizes(batch_sizes),
         inputs=inputs, n=n, atol=atol, rtol=rtol, latency_runs=latency_runs,
     )  # fmt: skip
     _finish_validation(out, validate_stage(cfg))

@@ -16,10 +16,10 @@ import numpy as np
 from ..atomic import atomic_path
 from ..data.decode import BadImage, decode, is_image_name
 from ..data.preprocess import Preprocess
-from ..errors import BadInput, CheckFailed
+from ..errors import BadInput
 from . import metadata
 from .files import check_readable
-from .providers import ALIASES, cpu_session, session_for
+from .providers import ALIASES, cpu_session, require_session
 
 
 @dataclass
@@ -60,12 +60,10 @@ def collect_images(items: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
 def _session(cfg: PredictConfig) -> Any:
     if cfg.provider.lower() in ("cpu", "cpuexecutionprovider"):
         return cpu_session(check_readable(cfg.model))
-    session, result = session_for(
+    # an unavailable provider is this machine's problem: exit 3 with advice for this install
+    return require_session(
         check_readable(cfg.model), ALIASES.get(cfg.provider.lower(), cfg.provider)
     )
-    if session is None:
-        raise CheckFailed(f"--provider {cfg.provider}: {result.reason}", hint="Use --provider cpu.")
-    return session
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
