@@ -240,3 +240,17 @@ def test_unavailable_provider_is_exit_3_in_predict(cli, tmp_path, image_folder):
     assert result.exit_code == 3
     assert "make install-gpu" in result.stderr and "torch stays" in result.stderr
     assert "\x1b[" not in result.output and "EP Error" not in result.stdout
+
+
+def test_cuda_device_advice_fits_a_cpu_torch():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    from dlpipe.errors import EnvironmentProblem
+    from dlpipe.runtime import resolve_device
+
+    with pytest.raises(EnvironmentProblem) as info:
+        resolve_device("cuda")
+    assert info.value.exit_code == 3
+    if not torch.version.cuda:  # a CPU torch: make install-gpu would not help, and we say so
+        assert "swaps only onnxruntime" in info.value.hint
