@@ -15,7 +15,11 @@ import onnxruntime as ort
 import pytest
 
 from tests.conftest import parse_json
-from tests.test_export_helpers import tiny_builders, write_classifier_run  # noqa: F401
+from tests.test_export_helpers import (  # noqa: F401
+    tiny_builders,
+    write_classifier_run,
+    write_generator_run,
+)
 
 pytestmark = pytest.mark.usefixtures("tiny_builders")
 CPU_BUILD = "CUDAExecutionProvider" not in ort.get_available_providers()
@@ -97,6 +101,15 @@ def test_fp16_file_runs_in_tract(cli, tmp_path, image_folder):
     )
     assert not load["ok"] and "Gemm" in load["detail"] and "MatMul+Add" in load["explain"]
     assert "Stack backtrace" not in result.output
+
+
+def test_fp16_generator_in_every_installed_runtime(cli, tmp_path):
+    # OpenVINO names a float16 model's output after the Cast that feeds it as well: still 'image'
+    out = _export(cli, write_generator_run(tmp_path), "--fp16")
+    result = _validate(cli, out["model"], "--runtimes", "all", "--latency-runs", "0")
+    assert result.exit_code == 0, result.output
+    runtimes = parse_json(result.stdout)["metrics"]["runtimes"]
+    assert all(r["passed"] for r in runtimes.values()), runtimes
 
 
 def test_fp16_export_prints_no_warnings(cli, tmp_path, image_folder):

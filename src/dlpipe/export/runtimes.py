@@ -146,16 +146,23 @@ def open_openvino(model: Path, precision: str = "f32") -> Runner:
     def run(x: np.ndarray) -> np.ndarray:
         return np.asarray(compiled({0: x})[output])
 
+    graph_in, graph_out = _graph_names(model)
     return Runner(
         runtime="openvino",
         tag="openvino",
         label=f"OpenVINO CPU {real}",
-        input_name=read.inputs[0].get_any_name(),
-        output_name=output.get_any_name(),
+        input_name=_named(read.inputs[0], graph_in),
+        output_name=_named(output, graph_out),
         static_batch=first.get_length() if first.is_static else None,
         run=run,
         precision=real,
     )
+
+
+def _named(port: Any, wanted: str) -> str:
+    """OpenVINO gives a tensor all the names it had (a Cast's output and the graph output alike)."""
+    names = port.get_names()
+    return wanted if wanted in names else port.get_any_name()
 
 
 def open_tract(model: Path) -> Runner:
