@@ -184,7 +184,7 @@ def open_tract(model: Path) -> Runner:
     return Runner(
         runtime="tract",
         tag="tract",
-        label=f"tract {tract.version()}",
+        label="tract CPU",
         input_name=input_name,
         output_name=output_name,
         static_batch=int(first) if first.isdigit() else None,
