@@ -30,6 +30,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- reference: `{report['against']}` (PyTorch eager)",
         f"- tolerance: atol {tol['atol']}, rtol {tol['rtol']}, cosine >= {tol['min_cosine']}, "
         f"top-1 >= {tol['min_top1']}, PSNR >= {tol['min_psnr']} dB ({tol['source']})",
+        *[
+            f"- tolerance {tag}: atol {t['atol']}, rtol {t['rtol']}, cosine >= {t['min_cosine']} ({t['source']})"
+            for tag, t in (report.get("tolerances") or {}).items()
+            if t != tol
+        ],
         *[f"- inputs {s['name']}: {s['note']}" for s in report["inputs"]],
         *[f"- note: {n}" for n in report.get("notes", [])],
         "",
