@@ -86,7 +86,7 @@ def _finish_validation(out: Output, report: dict, extra: dict | None = None) -> 
         names = ", ".join(r["check"] for r in failed)
         if all(r.get("unavailable") for r in failed):  # this machine, not the file: exit 3
             raise EnvironmentProblem(
-                f"Not available here: {names} ({'; '.join(r['detail'] for r in failed)}). "
+                f"Not available here: {names} ({'; '.join(r['detail'].rstrip('.') for r in failed)}). "
                 "Every check that could run passed.",
                 hint=" ".join(dict.fromkeys(r.get("advice", "") for r in failed))
                 + f" Report: {where}.",
