@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import onnx
@@ -77,7 +78,8 @@ def test_dynamo_external_data_and_overwrite_protection(cli, tmp_path, image_fold
     out = _export(cli, run, "--exporter", "auto", "--external-data", "--out", "exports/ext.onnx")
     assert out["exporter"]["used"] == "dynamo"
     data = Path(out["artifacts"]["external_data"])
-    assert data.name == "ext.onnx.data" and data.stat().st_size > 0
+    assert re.fullmatch(r"ext\.onnx\.[0-9a-f]{16}\.data", data.name) and data.stat().st_size > 0
+    assert data.stat().st_mode & 0o777 == Path("exports/ext.onnx").stat().st_mode & 0o777
     onnx.checker.check_model("exports/ext.onnx", full_check=True)
     assert _validate(cli, "exports/ext.onnx", "--inputs", "real").exit_code == 0
     # never overwrite without --force; nothing changes on refusal

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import importlib.util
+import io
 import platform
 import tempfile
 from pathlib import Path
@@ -49,14 +51,50 @@ def probe_providers() -> list[dict[str, Any]]:
         _tiny_onnx(model)
         for provider in ort.get_available_providers():
             try:
-                session = ort.InferenceSession(str(model), providers=[provider])
+                # a failing provider makes onnxruntime print an "EP Error" banner on stdout
+                with contextlib.redirect_stdout(io.StringIO()):
+                    session = ort.InferenceSession(str(model), providers=[provider])
                 active = session.get_providers()
                 runs = active[0] == provider
                 detail = "runs" if runs else f"falls back to {active[0]}"
             except Exception as exc:  # a provider that cannot start says why
-                runs, detail = False, str(exc).splitlines()[0][:160]
+                runs, detail = False, _plain(str(exc).splitlines()[0][:160])
             results.append({"provider": provider, "listed": True, "runs": runs, "detail": detail})
     return results
+
+
+def _plain(text: str) -> str:
+    from .export.providers import strip_ansi
+
+    return strip_ansi(text)
+
+
+def probe_runtimes() -> list[dict[str, Any]]:
+    """Each runtime `validate --runtimes` knows: installed?, version, and a tiny model really run."""
+    import numpy as np
+
+    from .export.runtimes import RUNTIMES
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "relu.onnx"
+        _tiny_onnx(model)
+        x = np.array([[-1.0, 0.0, 2.0, -3.0]], dtype=np.float32)
+        for name, rt in RUNTIMES.items():
+            row: dict[str, Any] = {"runtime": name, "installed": rt.installed(),
+                                   "version": rt.version(), "extra": rt.extra, "runs": False}  # fmt: skip
+            if not row["installed"]:
+                row["detail"] = f"not installed: pip install 'dlpipe[{rt.extra}]' (make install)"
+            else:
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        y = rt.open(model).run(x)
+                    row["runs"] = bool(np.array_equal(y, np.maximum(x, 0)))
+                    row["detail"] = "runs" if row["runs"] else "runs, but computed a wrong result"
+                except Exception as exc:
+                    row["detail"] = _plain(str(exc).splitlines()[0][:160])
+            rows.append(row)
+    return rows
 
 
 def collect() -> dict[str, Any]:
@@ -98,6 +136,7 @@ def collect() -> dict[str, Any]:
         report["torchvision_shim"] = {"active": applied, "reason": reason}
     report["cuda"] = cuda
     report["providers"] = probe_providers()
+    report["runtimes"] = probe_runtimes()
     report["datasets"] = {name: b.present(None) for name, b in BUILTINS.items()}
     report["weights"] = offline_weights()
     return report

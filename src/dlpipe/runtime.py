@@ -22,7 +22,12 @@ def resolve_device(spec: str = "auto"):  # noqa: ANN201 - returns torch.device
             raise EnvironmentProblem(
                 f"--device {spec} was asked for, but torch sees no CUDA device on this machine "
                 f"(torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'}).",
-                hint="Use --device cpu (or auto), or install a CUDA build of torch (make install-gpu).",
+                hint="Use --device cpu (or auto). Training on a GPU needs a CUDA build of torch "
+                "(pip install torch from the CUDA index for your driver) on a machine with an NVIDIA GPU; "
+                "make install-gpu swaps only onnxruntime, not torch."
+                if not torch.version.cuda
+                else "Use --device cpu (or auto); this torch has CUDA but sees no GPU: check the "
+                "driver (nvidia-smi) and CUDA_VISIBLE_DEVICES.",
             )
         index = int(spec.split(":", 1)[1]) if ":" in spec else 0
         if index >= torch.cuda.device_count():

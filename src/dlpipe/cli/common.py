@@ -200,13 +200,15 @@ ResumeOpt = Annotated[
 def command(func: F) -> F:
     """Turn DlpipeError into one paragraph on stderr and its exit code; Ctrl-C into exit 130."""
 
+    from rich.markup import escape  # messages name files and extras like dlpipe[tract]
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except DlpipeError as exc:  # under torchrun, rank 0 speaks for all ranks
             Console(stderr=True, highlight=False, quiet=env_rank() != 0).print(
-                f"[bold red]error:[/] {exc.paragraph()}", soft_wrap=True
+                f"[bold red]error:[/] {escape(exc.paragraph())}", soft_wrap=True
             )
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:

@@ -13,7 +13,7 @@ def _mark(ok: bool | None) -> str:
 
 @command
 def doctor(json: JsonOpt = False) -> None:
-    """Report versions, CUDA, the onnxruntime providers that REALLY run, conflicts, data and weights."""
+    """Report versions, CUDA, the onnxruntime providers and ONNX runtimes that REALLY run, conflicts, data and weights."""
     from rich.table import Table
 
     from ..doctor import collect
@@ -51,6 +51,9 @@ def doctor(json: JsonOpt = False) -> None:
         )
     for p in report["providers"]:
         table.add_row(f"onnxruntime {p['provider']}", f"{_mark(p['runs'])} {p['detail']}")
+    for r in report["runtimes"]:
+        version = f" {r['version']}" if r["version"] else ""
+        table.add_row(f"runtime {r['runtime']}{version}", f"{_mark(r['runs'])} {r['detail']}")
     conflict = report["onnxruntime_conflict"]
     table.add_row(
         "onnxruntime + onnxruntime-gpu",

@@ -20,53 +20,42 @@ ProvidersOpt = Annotated[
 ]
 
 
-def _sizes(text: str) -> list[int]:
-    from ..errors import BadInput
+RuntimesOpt = Annotated[
+    str,
+    typer.Option(
+        "--runtimes",
+        help="Runtimes to judge against PyTorch: a comma list of onnxruntime, openvino, tract, "
+        "or all (every one installed). A runtime that is not installed exits 3.",
+    ),
+]
+OpenvinoPrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--openvino-precision",
+        help="OpenVINO CPU inference precision: f32 (exact), bf16 (what AMX/AVX512-BF16 CPUs pick "
+        "by default; judged with fp16 tolerances) or auto (the plugin's own choice).",
+    ),
+]
+
+
+def _validated(out: Output, options: dict, extra: dict | None = None) -> None:
+    """Run the validate stage and print its result, also when a check failed (then re-raise)."""
+    from ..export.commands import ParityFailed, ParityUnavailable
+    from ..stages import run_stage
 
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise BadInput(
-            f"--batch-sizes {text!r} is not a comma list of integers.", hint="e.g. 1,3,8"
-        ) from None
-
-
-def parity_metrics(report: dict) -> dict:
-    """The headline figures of a parity report (pipeline summaries, --json consumers)."""
-    errors = [
-        c["stats"]["max_abs"]
-        for c in report["checks"]
-        if c.get("stats", {}).get("max_abs") is not None
-    ]
-    speedups = [r["speedup"] for r in report.get("latency", []) if r.get("speedup")]
-    metrics = {"parity_passed": bool(report["passed"])}
-    if errors:
-        metrics["max_abs_error"] = max(errors)
-    if speedups:
-        metrics["ort_speedup"] = speedups[-1]  # the largest batch measured
-    return metrics
-
-
-def _finish_validation(out: Output, report: dict, extra: dict | None = None) -> None:
-    from ..errors import CheckFailed
-    from ..export.report import print_table
-
-    print_table(out, report)
-    where = report.get("artifacts", {}).get("parity_md", "")
-    out.result(
-        {**(extra or {}), "metrics": parity_metrics(report), "parity": report},
-        f"parity report: {where}",
-    )
-    if not report["passed"]:
-        failed = [r["check"] for r in report["checks"] if not r["ok"]]
-        raise CheckFailed(
-            f"Parity FAILED for {report['model']}: {', '.join(failed)}.",
-            hint=f"The explanation of each failed check is above and in {where}.",
-        )
+        result = run_stage("validate", options, out)
+    except (ParityFailed, ParityUnavailable) as exc:
+        where = exc.result["parity"].get("artifacts", {}).get("parity_md", "")
+        out.result({**(extra or {}), **exc.result}, f"parity report: {where}")
+        raise
+    where = result["parity"].get("artifacts", {}).get("parity_md", "")
+    out.result({**(extra or {}), **result}, f"parity report: {where}")
 
 
 @command
 def export(
+    ctx: typer.Context,
     source: Annotated[
         str,
         typer.Argument(
@@ -78,7 +67,14 @@ def export(
         typer.Option("--out", "-o", help="Output .onnx (default exports/<run>[-part].onnx)."),
     ] = None,
     opset: Annotated[
-        int, typer.Option("--opset", min=11, max=23, help="ONNX opset (dynamo needs >= 18).")
+        int,
+        typer.Option(
+            "--opset",
+            min=11,
+            max=23,
+            help="ONNX opset of the file (dynamo writes >= 18; below, auto uses TorchScript; "
+            "the metadata states the file's real opset).",
+        ),
     ] = 18,
     dynamic_batch: Annotated[
         bool,
@@ -147,42 +143,21 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Export a trained model to ONNX with its preprocessing and class names in the file's metadata."""
-    from ..export.onnx import ExportConfig, export_checkpoint
+    from .stage import run_from_cli
 
     out = Output(json, quiet)
-    cfg = ExportConfig(
-        source=source, out=out_path, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter,
-        external_data=external_data, simplify=simplify, part=part, with_preprocess=with_preprocess,
-        softmax=softmax, fp16=fp16, int8=int8, calib_data=calib_data, force=force,
-    )  # fmt: skip
-    result = export_checkpoint(cfg)
-    info = result["exporter"]
-    out.print(
-        f"exporter: {info['used']}"
-        + (f" (fallback: {info['fallback_reason']})" if "fallback_reason" in info else "")
-    )
-    for line in result["precision"].get("notes", []):
-        out.print(line)
-    payload = {
-        "model": result["model"],
-        "artifacts": result["artifacts"],
-        "exporter": info,
-        "precision": result["precision"],
-    }
+    payload = run_from_cli(ctx, "export", out)
     if not run_validate:
-        out.result(
-            payload, f"wrote {result['model']} (metadata: {result['artifacts']['metadata']})"
-        )
+        where = payload["artifacts"].get("metadata")
+        out.result(payload, f"wrote {payload['model']} (metadata: {where})")
         return
-    from ..export.parity import ValidateConfig, validate_stage
-
-    out.print(f"wrote {result['model']}; validating…")
-    report = validate_stage(ValidateConfig(Path(result["model"])))
-    _finish_validation(out, report, payload)
+    out.print(f"wrote {payload['model']}; validating…")
+    _validated(out, {"model": payload["model"]}, payload)
 
 
 @command
 def validate(
+    ctx: typer.Context,
     model: ModelArg,
     against: Annotated[
         str | None,
@@ -192,6 +167,8 @@ def validate(
         ),
     ] = None,
     providers: ProvidersOpt = "auto",
+    runtimes: RuntimesOpt = "onnxruntime",
+    openvino_precision: OpenvinoPrecisionOpt = "f32",
     batch_sizes: Annotated[
         str,
         typer.Option(
@@ -220,15 +197,12 @@ def validate(
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Check that an ONNX file computes what the PyTorch model computes, on every provider; exit 1 if not."""
-    from ..export.parity import ValidateConfig, validate_stage
+    """Check that an ONNX file computes what the PyTorch model computes, in every runtime and provider; exit 1 if not."""
+    from .stage import given
 
     out = Output(json, quiet)
-    cfg = ValidateConfig(
-        model=model, against=against, providers=providers, batch_sizes=_sizes(batch_sizes),
-        inputs=inputs, n=n, atol=atol, rtol=rtol, latency_runs=latency_runs,
-    )  # fmt: skip
-    _finish_validation(out, validate_stage(cfg))
+    options = {k: ctx.params[k] for k in given(ctx) - {"json", "quiet"}}
+    _validated(out, {"model": model, **options})
 
 
 @command

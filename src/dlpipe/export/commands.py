@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import CheckFailed
+from ..errors import CheckFailed, EnvironmentProblem
 
 
 def export_stage(cfg: Any, out: Any) -> dict[str, Any]:
@@ -38,12 +38,18 @@ def parity_metrics(report: dict[str, Any]) -> dict[str, Any]:
         for c in report["checks"]
         if c.get("stats", {}).get("max_abs") is not None
     ]
-    speedups = [r["speedup"] for r in report.get("latency", []) if r.get("speedup")]
+    speedups = [
+        r["speedup"]
+        for r in report.get("latency", [])
+        if r.get("speedup") and r.get("runtime", "onnxruntime") == "onnxruntime"
+    ]
     metrics: dict[str, Any] = {"parity_passed": bool(report["passed"])}
     if errors:
         metrics["max_abs_error"] = max(errors)
     if speedups:
         metrics["ort_speedup"] = speedups[-1]  # the largest batch measured
+    if report.get("runtimes"):
+        metrics["runtimes"] = report["runtimes"]
     return metrics
 
 
@@ -53,25 +59,43 @@ class ParityFailed(CheckFailed):
     result: dict[str, Any]
 
 
+class ParityUnavailable(EnvironmentProblem):
+    """Every check that could run passed, but a provider or runtime is not available here
+    (exit code 3); `result` holds the report dict."""
+
+    result: dict[str, Any]
+
+
 def validate_stage(cfg: Any, out: Any) -> dict[str, Any]:
-    """Validate an ONNX file (a ValidateConfig): print the table, return {metrics, parity}, and
-    raise ParityFailed (carrying that dict) when a check failed."""
+    """Validate an ONNX file (a ValidateConfig): print the table, return {metrics, parity}. A
+    failed check raises ParityFailed, a check this machine cannot run ParityUnavailable; both
+    carry the result dict as `.result`."""
     from .parity import validate_stage as run_checks
     from .report import print_table
 
     report = run_checks(cfg)
     print_table(out, report)
     result = {"metrics": parity_metrics(report), "parity": report}
-    if not report["passed"]:
-        where = report.get("artifacts", {}).get("parity_md", "")
-        failed = [r["check"] for r in report["checks"] if not r["ok"]]
+    if report["passed"]:
+        return result
+    where = report.get("artifacts", {}).get("parity_md", "")
+    failed = [r for r in report["checks"] if not r["ok"]]
+    names = ", ".join(r["check"] for r in failed)
+    if all(r.get("unavailable") for r in failed):  # this machine, not the file: exit 3
+        error: ParityFailed | ParityUnavailable = ParityUnavailable(
+            f"Not available here: {names} "
+            f"({'; '.join(r['detail'].rstrip('.') for r in failed)}). "
+            "Every check that could run passed.",
+            hint=" ".join(dict.fromkeys(r.get("advice", "") for r in failed))
+            + f" Report: {where}.",
+        )
+    else:
         error = ParityFailed(
-            f"Parity FAILED for {report['model']}: {', '.join(failed)}.",
+            f"Parity FAILED for {report['model']}: {names}.",
             hint=f"The explanation of each failed check is above and in {where}.",
         )
-        error.result = result
-        raise error
-    return result
+    error.result = result
+    raise error
 
 
 def predict_stage(cfg: Any, out: Any) -> dict[str, Any]:

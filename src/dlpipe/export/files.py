@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -10,11 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, CheckFailed
-
-
-def data_path(model_path: Path) -> Path:
-    """Where a model's external weights live (NAME.onnx.data beside it)."""
-    return model_path.with_name(model_path.name + ".data")
 
 
 def check_readable(path: str | Path) -> Path:
@@ -66,13 +64,13 @@ def save_model(
     external_data: bool,
     check: Callable[[Path], None] | None = None,
 ) -> list[Path]:
-    """Write model (+ NAME.onnx.data) into a temp folder, check it there, then rename into place.
+    """Write model (+ its external data) into a temp folder, check it there, then move into place.
 
-    The data file is renamed first and the model last, so a model file never points at weights
-    that are not there; a stale data file from an earlier single-file export is removed.
+    Crash-consistent: the data goes under a new content-hashed name (NAME.onnx.<sha>.data) that
+    only the new model points to, the model is renamed in last (the one atomic switch), and only
+    then is the previous export's data removed. A kill at any point leaves the old pair or the new
+    pair, never an old model reading new weights.
     """
-    import onnx
-
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -80,30 +78,104 @@ def save_model(
         raise write_error(target, exc) from None
     try:
         tmp = tmpdir / target.name
-        onnx.save_model(
-            model,
-            str(tmp),
-            save_as_external_data=external_data,
-            all_tensors_to_one_file=True,
-            location=data_path(target).name,
-            size_threshold=1024,
-        )
+        data = _write_to(model, tmp, external_data)
         if check:
             check(tmp)
+        mode = 0o666 & ~_umask()  # the data file gets the model's (ordinary) permissions
         written = [target]
-        if external_data and data_path(tmp).exists():
-            _fsync(data_path(tmp))
-            os.replace(data_path(tmp), data_path(target))
-            written.append(data_path(target))
-        elif data_path(target).exists():
-            data_path(target).unlink()
+        if data is not None:
+            os.chmod(data, mode)
+            _fsync(data)
+            os.replace(data, target.parent / data.name)  # a new name: the old pair is untouched
+            written.append(target.parent / data.name)
+        os.chmod(tmp, mode)
         _fsync(tmp)
-        os.replace(tmp, target)
+        os.replace(tmp, target)  # the switch: from here on the new pair is the export
+        _fsync_dir(target.parent)
+        _remove_stale_data(target, keep=written[1].name if data is not None else None)
         return written
     except OSError as exc:  # disk full, folder not writable: the previous export is untouched
         raise write_error(target, exc) from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _write_to(model: Any, tmp: Path, external_data: bool) -> Path | None:
+    """Save into the temp folder; with external data, rename the data to its content hash."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+
+    placeholder = tmp.name + ".tmp.data"
+    onnx.save_model(model, str(tmp), save_as_external_data=external_data,
+                    all_tensors_to_one_file=True, location=placeholder, size_threshold=1024)  # fmt: skip
+    first = tmp.parent / placeholder
+    if not external_data or not first.exists():
+        return None
+    digest = _sha256(first)[:16]
+    final = tmp.parent / f"{tmp.name}.{digest}.data"
+    os.replace(first, final)
+    # point the (small) model file at the new name; offsets and lengths stay as written
+    proto = onnx.load(str(tmp), load_external_data=False)
+    for tensor in _get_all_tensors(proto):
+        if ExternalDataInfo(tensor).location == placeholder:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = final.name
+    onnx.save_model(proto, str(tmp))
+    return final
+
+
+def data_files(model_path: Path) -> list[Path]:
+    """The external data files an ONNX file points to (none for a single-file model)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # unreadable or half-written: it references nothing we can trust
+        return []
+    names = {
+        ExternalDataInfo(t).location
+        for t in _get_all_tensors(proto)
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    }
+    return [model_path.parent / n for n in sorted(names)]
+
+
+def _remove_stale_data(target: Path, keep: str | None) -> None:
+    """After the switch: remove data files of earlier exports of this name (ours only)."""
+    for path in target.parent.glob(f"{glob.escape(target.name)}*.data"):
+        rest = path.name[len(target.name) :]
+        ours = rest == ".data" or re.fullmatch(r"\.[0-9a-f]{16}\.data", rest)
+        if ours and path.name != keep:
+            path.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder; the renames still happened
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_error(target: Path, exc: OSError) -> Exception:

@@ -37,12 +37,13 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
         (n.domain + "." if n.domain and n.domain != "ai.onnx" else "") + n.op_type
         for n in model.graph.node
     )
-    data = files.data_path(path)
+    data = [p for p in files.data_files(path) if p.exists()]
     weights = {i.name for i in model.graph.initializer}
     return {
         "model": str(path),
         "size_bytes": path.stat().st_size,
-        "external_data_bytes": data.stat().st_size if data.exists() else 0,
+        "external_data_bytes": sum(p.stat().st_size for p in data),
+        "external_data": [p.name for p in data],
         "ir_version": model.ir_version,
         "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
         "producer": f"{model.producer_name} {model.producer_version}".strip(),

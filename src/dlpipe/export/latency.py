@@ -1,4 +1,4 @@
-"""Latency of an onnxruntime session beside torch eager on the same device: warm-up, median, p90."""
+"""Latency of a runtime running the ONNX file beside torch eager on the same device: warm-up, median, p90."""
 
 from __future__ import annotations
 
@@ -24,16 +24,13 @@ def timeit(fn: Callable[[], Any], runs: int, warmup: int = WARMUP) -> dict[str, 
 
 
 def measure_latency(
-    session: Any, torch_model: Any, shape: tuple[int, ...], batch_sizes: list[int], runs: int
+    runner: Any, torch_model: Any, shape: tuple[int, ...], batch_sizes: list[int], runs: int
 ) -> list[dict[str, Any]]:
-    """Rows for batch 1 and the largest batch: onnxruntime vs torch eager, and their ratio."""
+    """Rows for batch 1 and the largest batch: the runtime (a runtimes.Runner) vs torch eager."""
     import torch
 
-    provider = session.get_providers()[0]
-    name = session.get_inputs()[0].name
-    static = session.get_inputs()[0].shape[0]
-    sizes = [static] if isinstance(static, int) else sorted({1, max(batch_sizes)})
-    device = "cuda" if provider != "CPUExecutionProvider" and torch.cuda.is_available() else "cpu"
+    sizes = [runner.static_batch] if runner.static_batch else sorted({1, max(batch_sizes)})
+    device = runner.device
     ref = torch_model.to(device)
     rows = []
     for bs in sizes:
@@ -46,15 +43,18 @@ def measure_latency(
             if device == "cuda":
                 torch.cuda.synchronize()
 
-        ort = timeit(lambda: session.run(None, {name: x}), runs)  # noqa: B023 - called right here
+        onnx_ms = timeit(lambda: runner.run(x), runs)  # noqa: B023 - called right here
         eager = timeit(run_torch, runs)
         rows.append(
             {
-                "provider": provider,
+                "runtime": runner.runtime,
+                "provider": runner.label,
                 "batch": bs,
-                "onnxruntime": ort,
+                "onnx": onnx_ms,
                 "torch_eager": {**eager, "device": device},
-                "speedup": eager["median_ms"] / ort["median_ms"] if ort["median_ms"] else None,
+                "speedup": eager["median_ms"] / onnx_ms["median_ms"]
+                if onnx_ms["median_ms"]
+                else None,
             }
         )
     torch_model.to("cpu")

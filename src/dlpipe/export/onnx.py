@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
 
         proto, precision = reduce_precision(proto, ckpt, spec, shape, cfg)
         meta["precision"] = precision
+    meta["opset"] = opset_of(proto)  # the file's real opset, whatever was asked
     metadata.set_props(proto, meta)
     written = files.save_model(proto, out, cfg.external_data, check=files.full_check)
     sidecar = write_text(out.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True))
@@ -132,7 +134,7 @@ def describe(
         "arch": ckpt_meta.get("arch"),
         "data": ckpt_meta.get("data"),
         "dtype": "fp16" if cfg.fp16 else "int8" if cfg.int8 else "fp32",
-        "opset": cfg.opset,
+        "opset": cfg.opset,  # replaced by the file's real opset once written
         "exporter": exporter,
         "versions": metadata.versions(),
     }
@@ -140,10 +142,25 @@ def describe(
 
 @contextlib.contextmanager
 def _quiet():  # noqa: ANN202 - the exporters print progress on stdout; --json needs it clean
+    """No exporter chatter: stdout progress, warnings, and logged tracebacks (onnxscript logs a
+    failed version conversion with a full traceback, then carries on)."""
     sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield sink
+    before = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield sink
+    finally:
+        logging.disable(before)
+
+
+def opset_of(proto: Any) -> int:
+    """The default-domain opset a model really imports."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+DYNAMO_MIN_OPSET = 18  # torch.onnx's dynamo exporter writes opset 18+; below, its conversion fails
 
 
 def to_proto(
@@ -159,11 +176,15 @@ def to_proto(
         example = torch.rand(batch, *shape, generator=gen) * 255.0
     order = ["dynamo", "torchscript"] if cfg.exporter == "auto" else [cfg.exporter]
     errors: dict[str, str] = {}
+    if cfg.exporter == "auto" and cfg.opset < DYNAMO_MIN_OPSET:
+        order = ["torchscript"]
+        errors["dynamo"] = f"writes opset >= {DYNAMO_MIN_OPSET} only; opset {cfg.opset} was asked"
     for name in order:
         try:
             with _quiet(), torch.no_grad():
                 proto = _EXPORT[name](model, example, spec, cfg)
             _require_dynamic(proto, cfg)
+            _require_opset(proto, cfg)
             info: dict[str, Any] = {"used": name, "requested": cfg.exporter}
             if errors:
                 info["fallback_reason"] = errors
@@ -171,10 +192,10 @@ def to_proto(
         except Exception as exc:  # any exporter failure: record it, try the next one
             errors[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
     detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
-    raise BadInput(
-        f"Export failed ({detail}).",
-        hint="Try the other --exporter, another --opset, or --static-batch.",
-    )
+    hint = "Try the other --exporter, another --opset, or --static-batch."
+    if cfg.opset < DYNAMO_MIN_OPSET and cfg.exporter == "dynamo":
+        hint = f"The dynamo exporter writes opset >= {DYNAMO_MIN_OPSET}: use --exporter torchscript (or auto) for opset {cfg.opset}."
+    raise BadInput(f"Export failed ({detail}).", hint=hint)
 
 
 def _dynamo(model: Any, example: Any, spec: IOSpec, cfg: ExportConfig) -> Any:
@@ -226,6 +247,13 @@ def _require_dynamic(proto: Any, cfg: ExportConfig) -> None:
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if not dim.dim_param:
         raise RuntimeError(f"batch axis came out static ({dim.dim_value})")
+
+
+def _require_opset(proto: Any, cfg: ExportConfig) -> None:
+    """An exporter that silently wrote another opset than asked failed (dynamo does, below 18)."""
+    real = opset_of(proto)
+    if real != cfg.opset:
+        raise RuntimeError(f"wrote opset {real}, not the asked opset {cfg.opset}")
 
 
 def _simplify(proto: Any) -> Any:

@@ -1,8 +1,9 @@
-"""`dlpipe validate`: onnxruntime against the PyTorch reference, per provider, strict and explained.
+"""`dlpipe validate`: each runtime (onnxruntime per provider, OpenVINO, tract) against PyTorch.
 
-Order (optimum's, but a failure FAILS): the provider really runs, I/O names, output shapes at every
-batch size (including sizes other than the export batch), then values and task agreement on real
-held-out inputs (through the stored preprocessing) and random ones, then latency beside torch eager.
+Order (optimum's, but a failure FAILS): the provider/runtime really runs the file, I/O names, output
+shapes at every batch size (including sizes other than the export batch), then values and task
+agreement on real held-out inputs (through the stored preprocessing) and random ones, then latency
+beside torch eager. Every runtime gets the same inputs, tolerances and task checks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 from ..errors import BadInput
 from . import compare, files, metadata
 from .inputs import InputSet, build_inputs
-from .providers import parse_providers, session_for
+from .providers import parse_providers, runner_of, session_for
+from .runtimes import RUNTIMES, Runner, RuntimeCannotLoad, parse_runtimes
 
 
 @dataclass
@@ -26,6 +28,8 @@ class ValidateConfig:
     model: Path  # the .onnx file
     against: str | None = None  # run folder or checkpoint; default: the source in the metadata
     providers: str = "auto"  # auto (every provider that really runs here) or cpu,cuda,tensorrt
+    runtimes: str = "onnxruntime"  # all (every runtime installed) or onnxruntime,openvino,tract
+    openvino_precision: str = "f32"  # f32 (exact), bf16 (AMX CPUs' own default) or auto
     batch_sizes: list[int] = field(default_factory=lambda: [1, 3, 8])  # include sizes != export's
     inputs: str = "both"  # real (held-out data, deployed preprocessing), random, or both
     n: int = 64  # inputs per set; 16-256 is sensible (more = slower, tighter p99)
@@ -89,25 +93,20 @@ def _batches(x: np.ndarray, bs: int) -> list[np.ndarray]:
     return [x[i : i + bs] for i in range(0, len(x) - bs + 1, bs)]
 
 
-def _static_batch(session: Any) -> int | None:
-    dim = session.get_inputs()[0].shape[0]
-    return dim if isinstance(dim, int) else None
-
-
-def _compare_provider(
-    session: Any,
+def _compare_runner(
+    runner: Runner,
     torch_model: Any,
     meta: dict[str, Any],
     sets: list[InputSet],
     cfg: ValidateConfig,
     tol: Any,
 ) -> list[dict[str, Any]]:
-    """Names, shapes at each batch size, values and task agreement for one provider session."""
+    """Names, shapes at each batch size, values and task agreement for one runtime/provider."""
     import torch
 
-    tag = session.get_providers()[0].replace("ExecutionProvider", "").lower()
+    tag = runner.tag
     want = (meta["input"]["name"], meta["output"]["name"])
-    have = (session.get_inputs()[0].name, session.get_outputs()[0].name)
+    have = (runner.input_name, runner.output_name)
     rows = [
         compare.check(
             f"names {tag}",
@@ -118,19 +117,20 @@ def _compare_provider(
     ]
     if not rows[0]["ok"]:
         return rows
-    static = _static_batch(session)
-    sizes = [static] if static else cfg.batch_sizes
-    # the reference runs where the provider runs: CUDA for CUDA/TensorRT when torch has it
-    device = "cuda" if tag != "cpu" and torch.cuda.is_available() else "cpu"
-    torch_model.to(device)
+    sizes = [runner.static_batch] if runner.static_batch else cfg.batch_sizes
+    torch_model.to(runner.device)  # the reference runs where the runtime runs (CUDA for CUDA)
     for s in sets:
         got_all, ref_all = [], []
         for bs in sizes:
             shapes_ok, shape_note = True, ""
             for xb in _batches(s.x, bs):
-                got = session.run(None, {have[0]: xb})[0]
+                try:
+                    got = np.asarray(runner.run(xb))
+                except Exception as exc:  # a runtime that loads a file but cannot run it
+                    rows.append(_run_failed(tag, s.name, bs, exc))
+                    return rows
                 with torch.no_grad():
-                    ref = torch_model(torch.from_numpy(xb).to(device)).float().cpu().numpy()
+                    ref = torch_model(torch.from_numpy(xb).to(runner.device)).float().cpu().numpy()
                 if got.shape != ref.shape:
                     shapes_ok, shape_note = False, f"onnx {got.shape} vs torch {ref.shape}"
                     break
@@ -155,6 +155,16 @@ def _compare_provider(
     return rows
 
 
+def _run_failed(tag: str, set_name: str, bs: int, exc: Exception) -> dict[str, Any]:
+    text = " / ".join(ln.strip() for ln in str(exc).splitlines()[:3] if ln.strip())
+    return compare.check(
+        f"run {tag} {set_name} batch {bs}",
+        False,
+        f"{type(exc).__name__}: {text[:300]}",
+        "The runtime loaded the file but failed to run it at this batch size.",
+    )
+
+
 def _labels_for(s: InputSet, sizes: list[int]) -> np.ndarray | None:
     """Labels lined up with the concatenated outputs of every batch size."""
     if s.labels is None:
@@ -172,7 +182,9 @@ def validate(cfg: ValidateConfig) -> dict[str, Any]:
     meta = metadata.from_proto(proto, model_path)
     if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise BadInput("--batch-sizes needs positive integers.", hint="e.g. --batch-sizes 1,3,8")
-    (torch_model, ckpt), ckpt_path, notes = _reference(meta, cfg.against)
+    names, notes = parse_runtimes(cfg.runtimes)  # a runtime that is not installed: exit 3 now
+    (torch_model, ckpt), ckpt_path, more = _reference(meta, cfg.against)
+    notes += more
     shape = tuple(meta["input"]["shape"][1:])
     encode = (
         _encoder_of(ckpt)
@@ -180,41 +192,108 @@ def validate(cfg: ValidateConfig) -> dict[str, Any]:
         else None
     )
     sets = build_inputs(meta, shape, cfg.inputs, cfg.n, cfg.seed, encode)
-    tol = compare.preset(meta.get("dtype", "fp32"), cfg.atol, cfg.rtol)
+    dtype = meta.get("dtype", "fp32")
+    tol = compare.preset(dtype, cfg.atol, cfg.rtol)
     rows: list[dict[str, Any]] = []
-    providers, latency = [], []
-    for provider in parse_providers(cfg.providers):
-        session, result = session_for(model_path, provider)
-        providers.append(vars(result))
-        rows.append(
-            compare.check(
-                f"provider {result.name}",
-                result.ok,
-                "runs" if result.ok else result.reason,
-                result.reason,
-            )
-        )
-        if session is None:
-            continue
-        rows += _compare_provider(session, torch_model, meta, sets, cfg, tol)
-        if cfg.latency_runs:
-            latency += measure_latency(
-                session, torch_model, shape, cfg.batch_sizes, cfg.latency_runs
-            )
+    providers: list[dict[str, Any]] = []
+    latency: list[dict[str, Any]] = []
+    tolerances: dict[str, Any] = {}
+    for name in names:
+        for runner, opened in _open(name, model_path, cfg, providers):
+            rows.append({**opened, "runtime": name})
+            if runner is None:
+                continue
+            judged_by = _tolerance_for(runner, dtype, cfg, tol)
+            tolerances[runner.tag] = compare.tolerance_dict(judged_by)
+            checks = _compare_runner(runner, torch_model, meta, sets, cfg, judged_by)
+            rows += [{**r, "runtime": name} for r in checks]
+            ran = not any(r["check"].startswith("run ") for r in checks)
+            if cfg.latency_runs and ran:
+                latency += measure_latency(
+                    runner, torch_model, shape, cfg.batch_sizes, cfg.latency_runs
+                )
     return {
         "model": str(model_path),
         "against": str(ckpt_path),
         "kind": meta.get("kind"),
         "part": meta.get("part"),
-        "dtype": meta.get("dtype", "fp32"),
+        "dtype": dtype,
         "tolerance": compare.tolerance_dict(tol),
+        "tolerances": tolerances,
         "inputs": [{"name": s.name, "n": len(s.x), "note": s.note} for s in sets],
         "providers": providers,
+        "runtimes": summarize(rows, latency, names),
         "checks": rows,
         "latency": latency,
         "notes": notes,
         "passed": bool(rows) and all(r["ok"] for r in rows),
     }
+
+
+def _open(
+    name: str, model: Path, cfg: ValidateConfig, providers: list[dict[str, Any]]
+) -> list[tuple[Runner | None, dict[str, Any]]]:
+    """Runners for one runtime (one per onnxruntime provider), each with its 'it runs' check."""
+    if name == "onnxruntime":
+        out = []
+        for provider in parse_providers(cfg.providers):
+            session, result = session_for(model, provider)
+            providers.append({**vars(result), "unavailable": result.unavailable})
+            row = compare.check(
+                f"provider {result.name}",
+                result.ok,
+                "runs" if result.ok else result.reason,
+                f"{result.reason} {result.advice}".strip(),
+                unavailable=result.unavailable,
+                advice=result.advice,
+            )
+            out.append((runner_of(session) if session is not None else None, row))
+        return out
+    options = {"precision": cfg.openvino_precision} if name == "openvino" else {}
+    version = RUNTIMES[name].version()
+    try:
+        runner = RUNTIMES[name].open(model, **options)
+    except RuntimeCannotLoad as exc:
+        explain = (
+            f"{exc}. The file is valid ONNX (onnxruntime loads it) but {name} {version} rejects it."
+        )
+        if name == "tract" and "F16" in str(exc):
+            explain += " tract refuses a float16 Gemm with bias: re-export with this dlpipe (--fp16 writes MatMul+Add)."
+        return [(None, compare.check(f"load {name}", False, str(exc), explain))]
+    return [(runner, compare.check(f"load {name}", True, f"{runner.label} ({name} {version})"))]
+
+
+def _tolerance_for(runner: Runner, dtype: str, cfg: ValidateConfig, tol: Any) -> Any:
+    """OpenVINO computing in bf16 is judged like fp16 (8-bit mantissa: float32 bounds cannot hold)."""
+    if runner.runtime == "openvino" and runner.precision != "f32" and dtype == "fp32":
+        return compare.preset("fp16", cfg.atol, cfg.rtol)
+    return tol
+
+
+def summarize(
+    rows: list[dict[str, Any]], latency: list[dict[str, Any]], names: list[str]
+) -> dict[str, Any]:
+    """Per runtime: passed, worst max/mean error, lowest top-1 agreement, latency (ms) per batch."""
+    out: dict[str, Any] = {}
+    for name in names:
+        mine = [r for r in rows if r.get("runtime") == name]
+        stats = [r["stats"] for r in mine if r["check"].startswith("values") and "stats" in r]
+        if not stats:  # int8 files have no element-wise check: the cosine rows carry the stats
+            stats = [r["stats"] for r in mine if "stats" in r]
+        top1 = [r["top1_agreement"] for r in mine if "top1_agreement" in r]
+        lat = {
+            f"batch_{r['batch']}": r["onnx"]["median_ms"] for r in latency if r["runtime"] == name
+        }
+        out[name] = {
+            "passed": bool(mine) and all(r["ok"] for r in mine),
+            "version": RUNTIMES[name].version(),
+            "max_abs_error": max((s["max_abs"] for s in stats), default=None),
+            "mean_abs_error": max((s["mean_abs"] for s in stats), default=None),
+            "top1_agreement": min(top1, default=None),
+            "latency_ms": lat,
+            "failed": [r["check"] for r in mine if not r["ok"]],
+        }
+    return out
 
 
 def validate_stage(cfg: ValidateConfig) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from ..atomic import atomic_path, write_text
 from ..console import Reporter, quiet
 from ..data.decode import BadImage, decode, is_image_name
 from ..data.preprocess import Preprocess
-from ..errors import BadInput, CheckFailed
+from ..errors import BadInput
 from . import metadata
 from .files import check_readable
-from .providers import ALIASES, cpu_session, session_for
+from .providers import ALIASES, cpu_session, require_session
 
 
 @dataclass
@@ -66,10 +66,8 @@ def open_session(model: Path, provider: str = "cpu") -> Any:
     """An onnxruntime session on exactly `provider` (no silent fallback), or a clear error."""
     if provider.lower() in ("cpu", "cpuexecutionprovider"):
         return cpu_session(check_readable(model))
-    session, result = session_for(check_readable(model), ALIASES.get(provider.lower(), provider))
-    if session is None:
-        raise CheckFailed(f"--provider {provider}: {result.reason}", hint="Use --provider cpu.")
-    return session
+    # an unavailable provider is this machine's problem: exit 3 with advice for this install
+    return require_session(check_readable(model), ALIASES.get(provider.lower(), provider))
 
 
 def run_batched(session: Any, input_name: str, x: np.ndarray) -> np.ndarray:

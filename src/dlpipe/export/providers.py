@@ -8,7 +8,10 @@ onnxruntime logged while trying it (captured from its native stderr).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +41,12 @@ class ProviderResult:
     ok: bool
     active: list[str]
     reason: str
+    advice: str = ""  # what to do about it, for what is installed here
+
+    @property
+    def unavailable(self) -> bool:
+        """Not running because of this machine (exit 3), not because of the file (exit 1)."""
+        return not self.ok and self.provider != "CPUExecutionProvider"
 
 
 def import_ort():  # noqa: ANN201 - the onnxruntime module
@@ -49,7 +58,40 @@ def import_ort():  # noqa: ANN201 - the onnxruntime module
             f"onnxruntime is not importable ({exc}).",
             hint="Install it: pip install 'dlpipe[cpu]' (or dlpipe[gpu] for onnxruntime-gpu).",
         ) from None
+    # onnxruntime's own logger writes to the terminal (with ANSI colours); dlpipe reports errors
+    onnxruntime.set_default_logger_severity(3)
     return onnxruntime
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """onnxruntime's logger colours its lines; reports and messages carry plain text."""
+    return _ANSI.sub("", text)
+
+
+def advice(provider: str, available: list[str]) -> str:
+    """What to do about an unavailable provider, for what is installed here."""
+    gpu_build = "CUDAExecutionProvider" in available
+    if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and not gpu_build:
+        return (
+            "This onnxruntime is the CPU build: `make install-gpu` swaps in onnxruntime-gpu "
+            "(only onnxruntime changes; torch stays as installed), then run it on a machine with an "
+            "NVIDIA GPU, CUDA and cuDNN. Or use --providers cpu."
+        )
+    if provider == "TensorrtExecutionProvider":
+        return (
+            "onnxruntime-gpu is installed but TensorRT did not start: install TensorRT's libraries "
+            "(libnvinfer) where onnxruntime can load them; `dlpipe doctor` shows what runs."
+        )
+    if provider == "CUDAExecutionProvider":
+        return (
+            "onnxruntime-gpu is installed but CUDA did not start: this machine needs an NVIDIA GPU "
+            "with a driver and the CUDA/cuDNN libraries onnxruntime-gpu was built for "
+            "(onnxruntime.preload_dlls() can use torch's); `dlpipe doctor` shows what runs."
+        )
+    return "`dlpipe doctor` lists the providers that really run here; use one of those."
 
 
 def parse_providers(text: str) -> list[str]:
@@ -110,22 +152,23 @@ def session_for(model: str | Path, provider: str) -> tuple[Any | None, ProviderR
         build = (
             "onnxruntime-gpu" if "CUDAExecutionProvider" in available else "onnxruntime (CPU build)"
         )
-        reason = (
-            f"{provider} is not in this {build} {ort.__version__}; available: {', '.join(available)}."
-            " Install onnxruntime-gpu (make install-gpu) on a machine with CUDA."
-        )
-        return None, ProviderResult(short, provider, False, [], reason)
+        reason = f"{provider} is not in this {build} {ort.__version__}; available: {', '.join(available)}."
+        return None, ProviderResult(short, provider, False, [], reason, advice(provider, available))
     opts = no_spin(ort.SessionOptions())
     opts.log_severity_level = 1  # warnings and errors: the reason a provider fails to load
-    log = ""
+    log, printed = "", io.StringIO()
     try:
-        with _capture_native_stderr() as text:
+        # the Python side prints its "EP Error" banner on stdout; --json needs stdout clean
+        with _capture_native_stderr() as text, contextlib.redirect_stdout(printed):
             session = ort.InferenceSession(
                 str(model), opts, providers=list(dict.fromkeys([provider, "CPUExecutionProvider"]))
             )
-        log = text()
+        log = strip_ansi(text() + printed.getvalue())
     except Exception as exc:
-        return None, ProviderResult(short, provider, False, [], f"session failed: {str(exc)[:300]}")
+        why = strip_ansi(str(exc))[:300]
+        return None, ProviderResult(
+            short, provider, False, [], f"session failed: {why}", advice(provider, available)
+        )
     active = session.get_providers()
     if active[0] != provider:
         lines = [
@@ -133,8 +176,52 @@ def session_for(model: str | Path, provider: str) -> tuple[Any | None, ProviderR
         ]
         why = " | ".join(lines[-3:]) or "onnxruntime logged no reason"
         reason = f"asked for {provider} but onnxruntime runs {active[0]} (silent fallback): {why}"
-        return None, ProviderResult(short, provider, False, active, reason[:600])
+        return None, ProviderResult(
+            short, provider, False, active, reason[:600], advice(provider, available)
+        )
     return session, ProviderResult(short, provider, True, active, "runs")
+
+
+def require_session(model: str | Path, provider: str) -> Any:
+    """A session on exactly `provider`, or exit 3 with the reason and advice that fit this install."""
+    session, result = session_for(model, provider)
+    if session is None:
+        raise EnvironmentProblem(
+            f"Provider {result.name} is not available: {result.reason}", hint=result.advice
+        )
+    return session
+
+
+def runner_of(session: Any) -> Any:
+    """A runtimes.Runner over an onnxruntime session (the provider that really runs)."""
+    from .runtimes import Runner
+
+    provider = session.get_providers()[0]
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    cuda = provider != "CPUExecutionProvider" and _torch_cuda()
+    return Runner(
+        runtime="onnxruntime",
+        tag=SHORT.get(provider, provider.replace("ExecutionProvider", "").lower()),
+        label=provider,
+        input_name=inp.name,
+        output_name=out.name,
+        static_batch=static,
+        run=lambda x: session.run(None, {inp.name: x})[0],
+        device="cuda" if cuda else "cpu",
+    )
+
+
+def _torch_cuda() -> bool:
+    """Whether the PyTorch reference can run on CUDA (torch imported only for GPU providers)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def open_runner(model: Path, provider: str = "CPUExecutionProvider") -> Any:
+    """The registry's opener for onnxruntime (exit 3 when the provider does not run here)."""
+    return runner_of(require_session(model, provider))
 
 
 def no_spin(opts: Any) -> Any:

@@ -1,9 +1,10 @@
 """`--fp16` and `--int8`: reduced precision with tested tools, checked on real data.
 
-fp16 uses onnxconverter-common (the converter onnxruntime documents) with float32 I/O kept. Before
-converting, the float32 model runs on calibration inputs with every intermediate tensor exposed;
-nodes whose activations come near the float16 limit (65504) stay float32 (mixed precision) and are
-listed. int8 uses onnxruntime's static quantization in QDQ format (per-channel weights), calibrated
+fp16 uses onnxruntime's own converter (`onnxruntime.transformers.float16`) with float32 I/O kept.
+Before converting, the float32 model runs on calibration inputs with every intermediate tensor
+exposed; nodes whose activations come near the float16 limit (65504) stay float32 (mixed precision)
+and are listed. Gemm is rewritten as MatMul+Add first: tract (and other strict runtimes) reject a
+float16 Gemm with bias, while MatMul+Add computes the same in float16 everywhere. int8 uses onnxruntime's static quantization in QDQ format (per-channel weights), calibrated
 on real training images through the stored preprocessing; the accuracy change is measured at once
 on held-out images.
 """
@@ -11,6 +12,7 @@ on held-out images.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +70,19 @@ def overflow_nodes(proto: Any, x: np.ndarray) -> tuple[list[str], float]:
 
 def to_fp16(proto: Any, x: np.ndarray) -> tuple[Any, dict[str, Any]]:
     """Mixed-precision fp16 model with float32 I/O; overflow-prone nodes stay float32."""
-    from onnxconverter_common import float16
+    from onnxruntime.transformers import float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
+    proto, rewritten = gemm_to_matmul(proto)
     blocked, peak = overflow_nodes(proto, x)
-    half = float16.convert_float_to_float16(
-        proto, keep_io_types=True, node_block_list=blocked or None
-    )
+    with warnings.catch_warnings():  # per-tensor "values truncated" chatter; the notes say it once
+        warnings.simplefilter("ignore")
+        half = float16.convert_float_to_float16(
+            proto, keep_io_types=True, node_block_list=blocked or None
+        )
     _keep_float_outputs(half, {o.name for o in proto.graph.output})
+    _drop_initializer_value_info(half)
+    OnnxModel(half).topological_sort()  # the converter appends its Casts at the end
     notes = [
         f"fp16: largest activation on {len(x)} calibration inputs: {peak:.4g} (float16 max {FP16_MAX:g})"
     ]
@@ -83,28 +91,105 @@ def to_fp16(proto: Any, x: np.ndarray) -> tuple[Any, dict[str, Any]]:
         if blocked
         else "fp16: every node runs in float16 (no activation near the float16 limit)"
     )
+    if rewritten:
+        notes.append(f"fp16: {rewritten} Gemm node(s) written as MatMul+Add (tract-compatible)")
     return half, {
         "dtype": "fp16",
         "fp32_nodes": blocked,
         "max_activation": peak,
         "io": "float32",
+        "gemm_as_matmul_add": rewritten,
         "notes": notes,
     }
 
 
+def gemm_to_matmul(proto: Any) -> tuple[Any, int]:
+    """Gemm(A, W, b) with a constant W -> MatMul(A, W') + Add(b); returns a copy and the count.
+
+    Only the plain form (alpha = beta = 1, A not transposed) is rewritten; W is transposed once
+    here when transB is set. Others stay Gemm (none in dlpipe's models).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    inits = {i.name: i for i in proto.graph.initializer}
+    nodes, count = [], 0
+    for i, node in enumerate(proto.graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = (
+            not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == attrs.get("beta", 1.0) == 1.0
+        )
+        if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
+            nodes.append(node)
+            continue
+        name, weight = node.name or f"gemm_{i}", node.input[1]
+        if attrs.get("transB", 0):
+            w = numpy_helper.to_array(inits[weight]).T.copy()
+            weight = f"{weight}_transposed"
+            proto.graph.initializer.append(numpy_helper.from_array(w, weight))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{node.output[0]}_matmul" if bias else node.output[0]
+        nodes.append(
+            helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{name}_matmul")
+        )
+        if bias:
+            nodes.append(
+                helper.make_node("Add", [product, bias], [node.output[0]], name=f"{name}_add")
+            )
+        count += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    used = {n for node in proto.graph.node for n in node.input}
+    keep = [i for i in proto.graph.initializer if i.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    return proto, count
+
+
+def _drop_initializer_value_info(model: Any) -> None:
+    """The converter records float16 value_info for initializers it left float32 (those of
+    blocked nodes); tract trusts value_info and refuses the file. An initializer's type is its own."""
+    inits = {i.name for i in model.graph.initializer}
+    keep = [v for v in model.graph.value_info if v.name not in inits]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+
+
 def _keep_float_outputs(model: Any, names: set[str]) -> None:
-    """onnxconverter-common casts a float32 (blocked) node's output to float16 even when it is a
-    float32 graph output (and retypes the output), turning large values into inf: undo that."""
+    """The converter round-trips a float32 (blocked) node's output through float16 on its way to
+    a float32 graph output or another blocked node, turning large values into inf: skip the trip."""
     import onnx
 
+    producer = {out: node for node in model.graph.node for out in node.output}
     for out in model.graph.output:
         if out.name in names:
             out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     for node in model.graph.node:
-        if node.op_type == "Cast" and node.output[0] in names:
+        if node.op_type != "Cast":
+            continue
+        if node.output[0] in names:
             for attr in node.attribute:
                 if attr.name == "to":
                     attr.i = onnx.TensorProto.FLOAT
+        if _cast_to(node) != onnx.TensorProto.FLOAT:
+            continue
+        # Cast(to float)(Cast(to float16)(x)) is Cast(to float)(x) plus float16 rounding/overflow
+        inner = producer.get(node.input[0])
+        if (
+            inner is not None
+            and inner.op_type == "Cast"
+            and _cast_to(inner) == onnx.TensorProto.FLOAT16
+        ):
+            node.input[0] = inner.input[0]
+    used = {n for node in model.graph.node for n in node.input} | names
+    dead = [n for n in model.graph.node if n.op_type == "Cast" and n.output[0] not in used]
+    for node in dead:
+        model.graph.node.remove(node)
+
+
+def _cast_to(node: Any) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None)
 
 
 class _Reader:
