@@ -84,9 +84,11 @@ def test_sigkill_then_resume_is_bit_identical(cli, argv, epochs, command) -> Non
     # only cut-off temp files, if any: ours (.NAME.XXXX.tmp) or the one safetensors' Rust writer
     # makes inside it (.tmpXXXXXX, the Rust tempfile crate's naming) when the kill lands mid-save
     assert all(n.endswith(".tmp") or n.startswith(".tmp") for n in leftovers), leftovers
+    (ck.parent / ".last.safetensors.stale.tmp").write_bytes(b"cut off")  # as a kill mid-save leaves
     resumed = cli(*argv[: 2 if command != "finetune" else 1], "--resume", "--name", "killed",
                   "--epochs", str(epochs), "--device", "cpu", "--quiet")  # fmt: skip
     assert resumed.exit_code == 0, resumed.output
+    assert sorted(p.name for p in ck.parent.iterdir() if ".tmp" in p.name) == []  # tidied
     straight = cli(*full, "--name", "straight")
     assert straight.exit_code == 0, straight.output
     _assert_same_weights(ck, run / "straight" / "checkpoints" / "last.safetensors")

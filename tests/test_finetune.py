@@ -189,9 +189,8 @@ def test_explicit_freeze_of_a_random_backbone_warns(cli) -> None:
         (["--backbone", "densenet121", "--weights", "DEFAULT"], "densenet121-a639ec97.pth"),
         (["--optimizer", "lbfgs", "--scheduler", "cosine"], "lbfgs"),
         (["--optimizer", "lbfgs", "--scheduler", "none", "--unfreeze-after", "1"], "single"),
-        (["--optimizer", "sgd", "--lr", "1e38", "--scheduler", "none"], "at epoch 1, step"),
     ],
-    ids=["unknown-backbone", "default-offline", "lbfgs-scheduler", "lbfgs-staged", "nan"],
+    ids=["unknown-backbone", "default-offline", "lbfgs-scheduler", "lbfgs-staged"],
 )
 def test_bad_input_exits_2(cli, extra: list[str], needle: str) -> None:
     args = list(ARGS)

@@ -61,6 +61,18 @@ class RunDir:
         """Path of a named checkpoint (`last`: where --resume continues; `best`, ...)."""
         return self.checkpoints / f"{name}.safetensors"
 
+    def remove_stale_temp(self) -> list[str]:
+        """Delete temporary files a killed save left in checkpoints/ (ours end in .tmp; the
+        safetensors writer's start with .tmp); the checkpoints themselves are always whole."""
+        stale = [
+            p
+            for p in (self.checkpoints.iterdir() if self.checkpoints.is_dir() else [])
+            if p.is_file() and (p.name.endswith(".tmp") or p.name.startswith(".tmp"))
+        ]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return [p.name for p in stale]
+
     def model_checkpoint(self) -> Path:
         """The checkpoint a run folder means as a model (export, sample, eval): best, else last."""
         for name in ("best", "last"):
@@ -265,14 +277,16 @@ def open_run(
     Under torchrun rank 0 picks the folder and every rank uses it."""
     import dataclasses
 
-    from .distributed import on_main
+    from .distributed import DistContext, on_main
 
+    dist_ctx = dist_ctx or DistContext()
     if not opts.resume:
         run = on_main(
             lambda: create_run_dir(folder, opts.name, opts.runs_dir, opts.exist_ok), dist_ctx
         )
         return run, cfg
     run = on_main(lambda: run_to_resume(folder, opts.name, opts.runs_dir, display), dist_ctx)
+    on_main(run.remove_stale_temp, dist_ctx)
     saved = run.read_config()
     known = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(saved) - known)

@@ -11,10 +11,14 @@ import typer
 from rich.console import Console
 
 from ..console import Output  # noqa: F401 - re-exported for the commands
+from ..data.builtin import BUILTINS
 from ..distributed import env_rank
 from ..errors import DlpipeError, NotImplementedYet
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The built-in sets, named from their registry (data/builtin.py): a new set shows up here by itself.
+BUILTIN_NAMES = ", ".join(BUILTINS)
 
 # ---- option types shared by the commands (one definition, one help text) -------------------------
 JsonOpt = Annotated[
@@ -39,7 +43,7 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         "-d",
-        help="Built-in set (mnist5k, fashion-mnist, digits) or a folder: class subfolders (ImageFolder) "
+        help=f"Built-in set ({BUILTIN_NAMES}) or a folder: class subfolders (ImageFolder) "
         "for labels, or a flat folder of images.",
         rich_help_panel="Data",
     ),

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from .common import (
+    BUILTIN_NAMES,
     AmpOpt,
     BatchSizeOpt,
     CompileOpt,
@@ -53,7 +54,7 @@ def finetune(
         _O(
             "--data",
             "-d",
-            help="Built-in set (mnist5k, fashion-mnist, digits) or an ImageFolder directory.",
+            help=f"Built-in set ({BUILTIN_NAMES}) or an ImageFolder directory.",
         ),
     ] = "mnist5k",  # fmt: skip
     weights: Annotated[

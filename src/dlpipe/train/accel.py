@@ -10,6 +10,7 @@ so the CPU path is unchanged.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,13 +73,15 @@ class Accel:
             loss.backward()
 
     def step(self, optimizer: torch.optim.Optimizer, name: str = "model") -> None:
-        """optimizer.step(); under fp16 unscale, skip steps with inf/NaN gradients, update scale."""
-        if self.amp == "fp16":
-            scaler = self._scaler(name)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        """optimizer.step(); under fp16 unscale, skip steps with inf/NaN gradients, update scale.
+        An update too large for float32 (e.g. --lr 1e38) stops training like a NaN loss does."""
+        with optimizer_overflow_is_divergence(optimizer):
+            if self.amp == "fp16":
+                scaler = self._scaler(name)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """A host batch onto the device: pinned + non_blocking on CUDA; NHWC for images there."""
@@ -104,3 +107,23 @@ class Accel:
     def describe(self) -> dict[str, Any]:
         """What the run used, for the log and results."""
         return {"amp": self.amp, "compile": self.compile, "channels_last": self.channels_last}
+
+
+@contextlib.contextmanager
+def optimizer_overflow_is_divergence(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """torch's optimizers fail with a bare RuntimeError when lr x update overflows float32; that
+    is a diverged run (the last good checkpoint stays), said in one clear paragraph."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            raise
+        from ..errors import Diverged
+
+        lrs = sorted({g["lr"] for g in optimizer.param_groups})
+        raise Diverged(
+            f"Training diverged: the optimizer step overflowed float32 at learning rate "
+            f"{', '.join(f'{lr:g}' for lr in lrs)} ({exc}). The last good checkpoint (end of "
+            "the previous epoch, if any) was kept in checkpoints/last.safetensors.",
+            hint="Lower --lr (adam/adamw 1e-4..3e-3, sgd 1e-2..1e-1), then start again.",
+        ) from None

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...data import Preprocess
 from ...distributed import DistContext, all_reduce_sum
-from ..accel import Accel
+from ..accel import Accel, optimizer_overflow_is_divergence
 from ..optim import apply_lr, lr_factor
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -221,7 +221,8 @@ def _step(
         return loss
 
     if lbfgs:
-        optimizer.step(closure)
+        with optimizer_overflow_is_divergence(optimizer):
+            optimizer.step(closure)
     else:
         closure()
         accel.step(optimizer)

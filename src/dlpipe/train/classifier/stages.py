@@ -17,7 +17,7 @@ from torch import nn
 
 from ...checkpoint import save_checkpoint
 from ...distributed import from_main
-from ...errors import BadInput
+from ...errors import Diverged
 from ...runtime import rng_state
 from ..interrupt import save_or_explain
 from ..optim import trainable
@@ -205,8 +205,8 @@ def _nan_failure(s: Session, exc: NanLoss) -> None:
     kept = f"the last good checkpoint {last} (epoch {s.epoch}) is kept" if last.exists() else (
         "no epoch had finished, so there is no checkpoint")  # fmt: skip
     s.log(f"non-finite loss at epoch {exc.epoch}, step {exc.step}")
-    raise BadInput(
-        f"The loss became NaN/inf at epoch {exc.epoch}, step {exc.step}; training stopped and "
-        f"{kept}.",
+    raise Diverged(
+        f"Training diverged: the loss became NaN/inf at epoch {exc.epoch}, step {exc.step}; "
+        f"training stopped and {kept}.",
         hint="Lower --lr (or add --warmup-epochs), check the data, or use --optimizer adamw.",
     )
