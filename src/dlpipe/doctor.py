@@ -11,62 +11,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .export.providers import probe_providers, strip_ansi, tiny_onnx
+
 
 def _version(dist: str) -> str | None:
     try:
         return md.version(dist)
     except md.PackageNotFoundError:
         return None
-
-
-def _tiny_onnx(path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "doctor", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
-def probe_providers() -> list[dict[str, Any]]:
-    """For each listed provider, create a real session and report what `get_providers()` says runs."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        return [
-            {
-                "provider": "-",
-                "listed": False,
-                "runs": False,
-                "detail": f"onnxruntime not importable: {exc}",
-            }
-        ]
-    ort.set_default_logger_severity(4)
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "relu.onnx"
-        _tiny_onnx(model)
-        for provider in ort.get_available_providers():
-            try:
-                # a failing provider makes onnxruntime print an "EP Error" banner on stdout
-                with contextlib.redirect_stdout(io.StringIO()):
-                    session = ort.InferenceSession(str(model), providers=[provider])
-                active = session.get_providers()
-                runs = active[0] == provider
-                detail = "runs" if runs else f"falls back to {active[0]}"
-            except Exception as exc:  # a provider that cannot start says why
-                runs, detail = False, _plain(str(exc).splitlines()[0][:160])
-            results.append({"provider": provider, "listed": True, "runs": runs, "detail": detail})
-    return results
-
-
-def _plain(text: str) -> str:
-    from .export.providers import strip_ansi
-
-    return strip_ansi(text)
 
 
 def probe_runtimes() -> list[dict[str, Any]]:
@@ -78,7 +30,7 @@ def probe_runtimes() -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "relu.onnx"
-        _tiny_onnx(model)
+        tiny_onnx(model)
         x = np.array([[-1.0, 0.0, 2.0, -3.0]], dtype=np.float32)
         for name, rt in RUNTIMES.items():
             row: dict[str, Any] = {"runtime": name, "installed": rt.installed(),
@@ -92,7 +44,7 @@ def probe_runtimes() -> list[dict[str, Any]]:
                     row["runs"] = bool(np.array_equal(y, np.maximum(x, 0)))
                     row["detail"] = "runs" if row["runs"] else "runs, but computed a wrong result"
                 except Exception as exc:
-                    row["detail"] = _plain(str(exc).splitlines()[0][:160])
+                    row["detail"] = strip_ansi(str(exc).splitlines()[0][:160])
             rows.append(row)
     return rows
 

@@ -120,8 +120,6 @@ _PROBED: dict[str, bool] = {}
 def _runs_here(provider: str) -> bool:
     """`auto` keeps a listed provider only if a tiny session really runs on it."""
     if provider not in _PROBED:
-        from ..doctor import probe_providers
-
         for row in probe_providers():
             _PROBED[row["provider"]] = bool(row["runs"])
     return _PROBED.get(provider, False)
@@ -245,3 +243,48 @@ def cpu_session(model: str | Path, threads: int | None = None) -> Any:
             f"onnxruntime cannot load {model}: {str(exc).splitlines()[0][:300]}",
             hint="Is it a complete ONNX model (with its .onnx.data beside it, if any)? Re-export it.",
         ) from None
+
+
+def tiny_onnx(path: Path) -> None:
+    """A one-Relu ONNX file: what probes run to see whether a provider or runtime works."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "doctor", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def probe_providers() -> list[dict[str, Any]]:
+    """For each listed provider, create a real session and report what `get_providers()` says runs."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return [
+            {
+                "provider": "-",
+                "listed": False,
+                "runs": False,
+                "detail": f"onnxruntime not importable: {exc}",
+            }
+        ]
+    ort.set_default_logger_severity(4)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "relu.onnx"
+        tiny_onnx(model)
+        for provider in ort.get_available_providers():
+            try:
+                # a failing provider makes onnxruntime print an "EP Error" banner on stdout
+                with contextlib.redirect_stdout(io.StringIO()):
+                    session = ort.InferenceSession(str(model), providers=[provider])
+                active = session.get_providers()
+                runs = active[0] == provider
+                detail = "runs" if runs else f"falls back to {active[0]}"
+            except Exception as exc:  # a provider that cannot start says why
+                runs, detail = False, strip_ansi(str(exc).splitlines()[0][:160])
+            results.append({"provider": provider, "listed": True, "runs": runs, "detail": detail})
+    return results

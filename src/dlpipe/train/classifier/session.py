@@ -25,7 +25,14 @@ from ...data.sources import ImageDataset
 from ...data.splits import subsample
 from ...distributed import DistContext, setup
 from ...errors import BadInput
-from ...models.backbones import arch_meta, build_classifier, parse_backbone, preprocess_for
+from ...models.backbones import (
+    arch_meta,
+    build_classifier,
+    in_channels,
+    parse_backbone,
+    preprocess_for,
+    resolve_weights,
+)
 from ...runs import RunDir
 from ...runtime import seed_everything, set_rng_state
 from ..accel import Accel
@@ -92,7 +99,7 @@ class Session:
         check_combination(cfg.optimizer, cfg.scheduler, cfg.warmup_epochs, staged)
         if cfg.unfreeze_after is not None and not cfg.frozen:
             raise BadInput("--unfreeze-after needs a frozen start.", hint="Drop --no-freeze.")
-        spec = parse_backbone(cfg.backbone)  # unknown names fail before data is read
+        parse_backbone(cfg.backbone)  # unknown names fail before data is read
         ctx, device = setup(cfg.device)
         accel = _accel(cfg, device)
         seed_everything(cfg.seed, cfg.deterministic)
@@ -107,8 +114,8 @@ class Session:
         ckpt = load_checkpoint(run.checkpoint("last")) if resume else None
         if resume and not run.checkpoint("last").exists():
             raise BadInput(f"Nothing to resume in {run.path}.", hint="Start it without --resume.")
-        in_chans = data.ds.channels if spec.family == "native" else 3
-        weights = _resolve_weights(spec, cfg) if ckpt is None else None
+        in_chans = in_channels(cfg.backbone, data.ds.channels)
+        weights = resolve_weights(cfg.backbone, cfg.weights) if ckpt is None else None
         model, info = build_classifier(
             cfg.backbone, len(data.ds.class_names), cfg.head, cfg.hidden, cfg.dropout, in_chans,
             cfg.image_size, weights,
@@ -275,22 +282,6 @@ def _accel(cfg: FinetuneConfig, device: torch.device) -> Accel:
             hint="Use --amp off with lbfgs, or another --optimizer (e.g. adamw) with --amp.",
         )
     return accel
-
-
-def _resolve_weights(spec: Any, cfg: FinetuneConfig) -> Any:
-    """Pretrained weights for the backbone family (offline first); None for native models."""
-    from ...weights import Resolved, from_path, resolve_timm, resolve_torchvision
-
-    if spec.family == "torchvision":
-        return resolve_torchvision(spec.arch, cfg.weights)
-    if spec.family == "timm":
-        from ...compat import import_timm
-
-        pcfg = import_timm().models.get_pretrained_cfg(spec.arch)
-        return resolve_timm(spec.arch, pcfg.to_dict() if pcfg else {}, cfg.weights)
-    if cfg.weights.lower() in ("none", "default"):
-        return Resolved(cfg.weights, "none")
-    return from_path(cfg.weights)
 
 
 def _check_resume(meta: dict[str, Any], model: nn.Module, info: dict[str, Any],
