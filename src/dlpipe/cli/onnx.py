@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -29,7 +29,7 @@ RuntimesOpt = Annotated[
     ),
 ]
 OpenvinoPrecisionOpt = Annotated[
-    str,
+    Literal["f32", "bf16", "auto"],
     typer.Option(
         "--openvino-precision",
         help="OpenVINO CPU inference precision: f32 (exact), bf16 (what AMX/AVX512-BF16 CPUs pick "
@@ -84,7 +84,7 @@ def export(
         ),
     ] = True,
     exporter: Annotated[
-        str,
+        Literal["auto", "dynamo", "torchscript"],
         typer.Option(
             "--exporter",
             help="auto (dynamo, falls back to torchscript and records why), dynamo or torchscript.",
@@ -120,7 +120,8 @@ def export(
         ),
     ] = None,
     part: Annotated[
-        str, typer.Option("--part", help="Autoencoders: full, encoder or decoder.")
+        Literal["full", "encoder", "decoder"],
+        typer.Option("--part", help="Autoencoders: the whole model or one half."),
     ] = "full",
     with_preprocess: Annotated[
         bool,
@@ -176,7 +177,7 @@ def validate(
         ),
     ] = "1,3,8",
     inputs: Annotated[
-        str,
+        Literal["real", "random", "both"],
         typer.Option(
             "--inputs", help="real (held-out data via the stored preprocessing), random, or both."
         ),
@@ -213,7 +214,7 @@ def predict(
         int, typer.Option("--top-k", "-k", min=1, help="Classes listed per image.")
     ] = 5,
     provider: Annotated[
-        str,
+        Literal["cpu", "cuda", "tensorrt"],
         typer.Option(
             "--provider", help="cpu, cuda or tensorrt (must really run; no silent fallback)."
         ),
