@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ...checkpoint import load_checkpoint, save_checkpoint
+from ...checkpoint_meta import CheckpointMeta
 from ...config import AeConfig
 from ...distributed import DistContext, all_reduce_sum
 from ...errors import CheckFailed
@@ -105,13 +106,13 @@ class AeState:
         """Atomically write weights (group "model"), optimizer, RNG and the contract's meta."""
         data = data or self.data
         assert data is not None, "save() needs the run's data"
-        meta = {
-            "command": "ae", "kind": "autoencoder", "arch": self.arch, "export_group": "model",
-            "preprocess": data.preprocess.to_dict(), "class_names": [],
-            "io": {"input": "image", "output": "reconstruction", "latent": "latent"},
-            "data": data.data_meta, "metrics": self.metrics, "noise": self.cfg.noise,
-            "config": asdict(self.cfg),
-        }  # fmt: skip
+        meta = CheckpointMeta(
+            command="ae", kind="autoencoder", arch=self.arch, export_group="model",
+            preprocess=data.preprocess.to_dict(),
+            io={"input": "image", "output": "reconstruction", "latent": "latent"},
+            data=data.data_meta, metrics=self.metrics, config=asdict(self.cfg),
+            extra={"noise": self.cfg.noise},
+        ).to_dict()  # fmt: skip
         state = {
             "epoch": self.epoch, "step": self.step, "opt": self.opt.state_dict(),
             "rng": rng_state(),

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ...checkpoint import save_checkpoint
+from ...checkpoint_meta import CheckpointMeta
 from ...distributed import from_main
 from ...errors import Diverged
 from ...runtime import rng_state
@@ -30,36 +31,18 @@ def meta_of(s: Session, metrics: dict[str, Any] | None = None) -> dict[str, Any]
     from ...models.backbones import arch_meta
 
     c, ds = s.cfg, s.data.ds
-    return {
-        "command": "finetune",
-        "kind": "classifier",
-        "export_group": "model",
-        "arch": arch_meta(
-            c.backbone,
-            len(ds.class_names),
-            c.head,
-            c.hidden,
-            c.dropout,
-            s.info["in_chans"],
-            c.image_size,
-        ),  # fmt: skip
-        "preprocess": s.preprocess.to_dict(),
-        "class_names": list(ds.class_names),
-        "io": {"input": "image", "output": "logits"},
-        "data": {
-            "source": c.data,
-            "data_root": c.data_root,
-            "fingerprint": ds.fingerprint,
-            "seed": c.seed,
-            "val_fraction": c.val_fraction,
-            "test_fraction": c.test_fraction,
-            "limit": c.limit,
-            "eval_limit": c.eval_limit,
-        },  # fmt: skip
-        "weights": s.weights,
-        "backbone_info": s.info,
-        "metrics": metrics or {},
-    }
+    return CheckpointMeta(
+        command="finetune", kind="classifier", export_group="model",
+        arch=arch_meta(c.backbone, len(ds.class_names), c.head, c.hidden, c.dropout,
+                       s.info["in_chans"], c.image_size),
+        preprocess=s.preprocess.to_dict(), class_names=list(ds.class_names),
+        io={"input": "image", "output": "logits"},
+        data={"source": c.data, "data_root": c.data_root, "fingerprint": ds.fingerprint,
+              "seed": c.seed, "val_fraction": c.val_fraction, "test_fraction": c.test_fraction,
+              "limit": c.limit, "eval_limit": c.eval_limit},
+        metrics=metrics or {},
+        extra={"weights": s.weights, "backbone_info": s.info},
+    ).to_dict()  # fmt: skip
 
 
 def save(s: Session, name: str, metrics: dict[str, Any] | None = None) -> None:

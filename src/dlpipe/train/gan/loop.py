@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...checkpoint import load_checkpoint, save_checkpoint
+from ...checkpoint_meta import CheckpointMeta
 from ...config import GanConfig
 from ...distributed import DistContext, all_reduce_sum
 from ...errors import Diverged
@@ -144,13 +145,12 @@ class GanState:
 
     def meta(self, data: ImageData) -> dict[str, Any]:
         """The checkpoint description (see the checkpoint contract)."""
-        return {
-            "command": "gan", "kind": "generator", "arch": self.arch,
-            "export_group": "generator", "preprocess": data.preprocess.to_dict(),
-            "class_names": [], "io": {"input": "z", "output": "image"},
-            "latent_size": self.cfg.nz, "data": data.data_meta, "metrics": self.metrics,
-            "config": asdict(self.cfg),
-        }  # fmt: skip
+        return CheckpointMeta(
+            command="gan", kind="generator", arch=self.arch, export_group="generator",
+            preprocess=data.preprocess.to_dict(), io={"input": "z", "output": "image"},
+            data=data.data_meta, metrics=self.metrics, config=asdict(self.cfg),
+            extra={"latent_size": self.cfg.nz},
+        ).to_dict()  # fmt: skip
 
     def save(self, path: Path, data: ImageData | None = None) -> Path:
         """Atomically write the checkpoint: exportable G, raw G, D (and EMA), optimizers, RNG."""
