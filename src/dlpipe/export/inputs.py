@@ -30,7 +30,7 @@ class InputSet:
 
 def held_out(meta: dict[str, Any], n: int) -> tuple[np.ndarray, np.ndarray, str]:
     """uint8 NCHW pixels and labels of up to n held-out images of the checkpoint's data."""
-    from ..data.arrays import pixels_of
+    from ..data.arrays import pixels_and_indices
 
     data = meta.get("data") or {}
     if not data.get("source"):
@@ -52,7 +52,8 @@ def held_out(meta: dict[str, Any], n: int) -> tuple[np.ndarray, np.ndarray, str]
     if data.get("fingerprint") and data["fingerprint"] != ds.fingerprint:
         note += f" (WARNING: data fingerprint {ds.fingerprint} != training's {data['fingerprint']})"
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
-    return pixels_of(ds, idx, pre), ds.labels[idx], note
+    px, kept = pixels_and_indices(ds, idx, pre)  # undecodable images are left out
+    return px, ds.labels[kept], note
 
 
 def _from_pixels(meta: dict[str, Any], pixels: np.ndarray) -> np.ndarray:
