@@ -168,3 +168,53 @@ def test_decoded_cache_leaves_out_undecodable_rows_and_lists_them_on_every_hit(t
     ds.skipped.clear()
     px, kept, how = cached_pixels(ds, idx, pre)
     assert how == "disk" and len(kept) == 11 and "3.png" in ds.skipped[0][0]
+
+
+def test_two_processes_build_the_cache_together_each_decoding_only_its_rows(tmp_path):
+    """Under torchrun each process decodes only its strided share into the one cache file (no
+    process gathers the set), and both then map the same pixels one process makes."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    root = _digits(tmp_path / "data", classes=3, per=5)
+    noisy = root / "2" / "4.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 12), np.uint8)).save(noisy)
+    noisy.write_bytes(noisy.read_bytes()[:100])  # the header reads, the pixels are cut
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, os
+            import numpy as np
+            from dlpipe.data import Preprocess, open_source
+            from dlpipe.data.pixcache import cached_pixels
+            from dlpipe.distributed import init_distributed
+            ctx = init_distributed("cpu")
+            ds = open_source({str(root)!r})
+            seen = []
+            get = ds._get
+            ds._get = lambda i: (seen.append(int(i)), get(i))[1]
+            px, kept, how = cached_pixels(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8),
+                                          ctx=ctx)
+            print(json.dumps({{"rank": ctx.rank, "seen": seen, "kept": kept.tolist(), "how": how,
+                              "px": px[:, 0, 0, 0].tolist(), "skipped": len(ds.skipped)}}))
+            """
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(script)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = sorted((json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")),
+                 key=lambda r: r["rank"])  # fmt: skip
+    assert [r["seen"] for r in res] == [list(range(0, 15, 2)), list(range(1, 15, 2))]
+    assert res[0]["how"] == res[1]["how"] == "built"
+    assert res[0]["kept"] == res[1]["kept"] == [i for i in range(15) if i != 14]
+    assert res[0]["px"] == res[1]["px"] == [40 * (i // 5) + i % 5 for i in range(14)]
+    assert res[0]["skipped"] == res[1]["skipped"] == 1  # found by rank 0, listed on both
+    ds = open_source(root)
+    px, _, how = cached_pixels(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8))
+    assert how == "disk" and px[:, 0, 0, 0].tolist() == res[0]["px"]  # one process: same file
