@@ -36,6 +36,7 @@ from ...distributed import (
     gather_rows,
     shard_positions,
 )
+from ...export.frozen import wanted_engine
 
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (features, labels)
 _MEMORY_MAX = 6
@@ -65,13 +66,17 @@ def cache_key(
     split: str,
     indices: np.ndarray,
     precision: str = "off",
+    engine: str = "torch",
 ) -> str:
     """The key: everything the features depend on (and the split name, for people); features
-    extracted under autocast (`precision` bf16/fp16) get their own key."""
+    extracted under autocast (`precision` bf16/fp16) or by onnxruntime (`engine`) get their own
+    key (torch eager's keys are the ones made before the engine was recorded)."""
     idx = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
     parts: list[Any] = [weights_hash, preprocess.to_dict(), fingerprint, idx]
     if precision != "off":
         parts.append(precision)
+    if engine != "torch":
+        parts.append(engine)
     blob = json.dumps(parts, sort_keys=True)
     return f"{split}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
@@ -118,9 +123,11 @@ def extract(
     batch_size: int = 128,
     progress: Callable[[int], None] | None = None,
     accel: Any = None,
+    net: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, usable mask) of `indices`: the frozen body run once, eval mode, inference_mode,
-    batched, channels_last (under `accel`'s autocast when given; float32 either way). Rows of
+    batched, channels_last (under `accel`'s autocast when given; float32 either way), or by
+    `net` (the body exported to onnxruntime, see export/frozen.py) when given. Rows of
     images that cannot be decoded are zeros with mask False (and listed in `ds.skipped`).
     Images are decoded by DataLoader workers where the machine has cores to spare."""
     body.eval()
@@ -137,7 +144,10 @@ def extract(
             k += len(part)
             ok += [px is not None for px, _ in part]
             if good:
-                y = _forward(body, np.stack(good), preprocess, device, accel)
+                if net is not None:
+                    y = torch.from_numpy(net(preprocess.normalize(np.stack(good)))).flatten(1)
+                else:
+                    y = _forward(body, np.stack(good), preprocess, device, accel)
                 chunks.append(_with_gaps(y, [px is not None for px, _ in part]))
             elif chunks:
                 chunks.append(torch.zeros((len(part), chunks[0].shape[1])))
@@ -228,7 +238,9 @@ def cached_features(
     whole. Without one (or for val/test on rank 0) this process works alone."""
     ctx = ctx or DistContext()
     indices = np.asarray(indices, dtype=np.int64)
-    key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel))
+    engine = wanted_engine(device, _precision(accel) != "off")
+    key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel),
+                    engine)  # fmt: skip
     path = cache_dir() / f"{key}.safetensors"
     hit, how = _lookup(key, path)
     miss = hit is None
@@ -236,14 +248,21 @@ def cached_features(
         wire = device if "nccl" in (ctx.backend or "") else torch.device("cpu")  # GPUs: NCCL
         miss = all_reduce_sum(torch.tensor([float(miss)], device=wire), ctx).item() > 0
     if miss:
+        net = _ort(body, weights_hash, ds, preprocess, ctx) if engine == "onnxruntime" else None
+        if engine == "onnxruntime" and net is None:  # not exportable: eager, under eager's key
+            key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices,
+                            _precision(accel))  # fmt: skip
+            path = cache_dir() / f"{key}.safetensors"
         if ctx.enabled:
             scaled = (lambda k: progress(k * ctx.world_size)) if progress else None
             feats, ok = _extract_sharded(body, ds, indices, preprocess, device, ctx, batch_size,
-                                         scaled, accel, wire)  # fmt: skip
+                                         scaled, accel, wire, net)  # fmt: skip
         else:
-            feats, ok = extract(body, ds, indices, preprocess, device, batch_size, progress, accel)
+            feats, ok = extract(body, ds, indices, preprocess, device, batch_size, progress,
+                                accel, net)  # fmt: skip
         bad = [[int(i), why] for i, why in _reasons(ds, indices[~ok.numpy()])]
         labels, info = _labels_and_info(ds, indices[ok.numpy()], split, weights_hash, bad)
+        info["engine"] = "onnxruntime" if net is not None else "torch"
         feats = feats if bool(ok.all()) else feats[ok]
         if ctx.is_main:
             save(path, feats, labels, info)
@@ -254,6 +273,19 @@ def cached_features(
     assert hit is not None
     _remember(key, hit)
     return (*hit, how)
+
+
+def _ort(body: nn.Module, weights_hash: str, ds: ImageDataset, preprocess: Preprocess,
+         ctx: DistContext) -> Any:  # fmt: skip
+    """The frozen body in an onnxruntime session for this input size (None: not exportable);
+    processes sharing a machine share its cores."""
+    from ...data.arrays import _cores
+    from ...export.frozen import ort_net
+
+    side = preprocess.output_size
+    h, w = (side, side) if side else ds.image_size()
+    threads = max(1, _cores() // max(ctx.world_size, env_world_size()))
+    return ort_net(body, weights_hash, (preprocess.channels, h, w), threads)
 
 
 _BAD: dict[str, list] = {}  # key -> undecodable rows of a features file made in this process
@@ -287,6 +319,7 @@ def _extract_sharded(
     progress: Callable[[int], None] | None,
     accel: Any,
     wire: torch.device,
+    net: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions rank::world of `indices` (padded to equal length), extracted here, gathered and
     put back in the original order, with the usable mask."""
@@ -296,7 +329,7 @@ def _extract_sharded(
     if n == 0:
         return torch.zeros((0, 0)), torch.zeros(0, dtype=torch.bool)
     mine = shard_positions(n, ctx)
-    args = (body, ds, indices[mine], preprocess, device, batch_size, progress, accel)
+    args = (body, ds, indices[mine], preprocess, device, batch_size, progress, accel, net)
     local, ok = on_every_rank(lambda: extract(*args), ctx)
     feats = gather_rows(local, n, ctx, wire)
     good = gather_rows(ok.to(torch.uint8), n, ctx, wire).bool()
