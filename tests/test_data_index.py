@@ -218,3 +218,30 @@ def test_two_processes_build_the_cache_together_each_decoding_only_its_rows(tmp_
     ds = open_source(root)
     px, _, how = cached_pixels(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8))
     assert how == "disk" and px[:, 0, 0, 0].tolist() == res[0]["px"]  # one process: same file
+
+
+def test_an_unwritable_cache_folder_warns_and_decodes_into_memory(tmp_path, monkeypatch):
+    from dlpipe.data.pixcache import load_pixels
+
+    root = _digits(tmp_path / "data", classes=2)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("DLPIPE_CACHE_DIR", str(blocker))  # mkdir below it fails
+    ds = open_source(root)
+    said: list[str] = []
+    px, kept = load_pixels(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8), warn=said.append)
+    assert not isinstance(px, np.memmap) and len(px) == len(kept) == 8
+    assert said and "not writable" in said[0] and "into memory" in said[0]
+
+
+def test_a_killed_build_leaves_no_litter_after_the_next_build(tmp_path):
+    root = _digits(tmp_path / "data", classes=2)
+    ds = open_source(root)
+    pre, idx = Preprocess(resize=8, crop=8), np.arange(8)
+    key = cache_key(ds, idx, pre)
+    folder = _files(key)[0].parent
+    folder.mkdir(parents=True)
+    stale = folder / f".{key}.999999999.deadbeef.tmp"  # no such process
+    stale.write_bytes(b"x" * 100)
+    assert cached_pixels(ds, idx, pre)[2] == "built"
+    assert not stale.exists()

@@ -171,9 +171,41 @@ def _commit(key: str, tmp: Path, shape: tuple[int, ...], bad: list[list]) -> Non
 
 
 def _blank(path: Path, nbytes: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.truncate(nbytes)
+    """A file of `nbytes` with its blocks reserved: a full disk is an error now, not a SIGBUS
+    when a mapped page is first written."""
+    from ..errors import EnvironmentProblem
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            if nbytes and hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fh.fileno(), 0, nbytes)
+            else:
+                fh.truncate(nbytes)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise EnvironmentProblem(
+            f"Cannot write the decoded-pixel cache ({nbytes / 2**20:,.0f} MiB) in "
+            f"{path.parent}: {exc.strerror or exc}.",
+            hint="Free disk space, point DLPIPE_CACHE_DIR at a larger disk, or use a smaller "
+            "--image-size.",
+        ) from None
+
+
+def _sweep(key: str) -> None:
+    """Remove temporary files of `key` left by builds that were killed (their process is gone)."""
+    for tmp in cache_dir().glob(f".{key}.*.tmp"):
+        parts = tmp.name.split(".")
+        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
+        try:
+            if pid:
+                os.kill(pid, 0)  # alive: another process is building it now
+                continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        tmp.unlink(missing_ok=True)
 
 
 def build(
@@ -185,6 +217,7 @@ def build(
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Decode the rows once into a temporary file and commit it (one process)."""
+    _sweep(key)
     tmp = cache_dir() / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         _blank(tmp, int(np.prod(shape)))
@@ -319,10 +352,16 @@ def load_pixels(
             from ..distributed import all_reduce_sum
 
             ok = all_reduce_sum(torch.tensor([float(not ok)]), ctx).item() == 0
+        problem = None if ok else f"the cache folder {cache_dir()} is not writable"
         if ok:
-            return cached_pixels(ds, indices, preprocess, progress, ctx)[:2]
+            from ..errors import EnvironmentProblem
+
+            try:
+                return cached_pixels(ds, indices, preprocess, progress, ctx)[:2]
+            except EnvironmentProblem as exc:  # a full disk: every process gets it, all fall back
+                problem = exc.message.rstrip(".")
         if warn is not None:
-            warn(f"the cache folder {cache_dir()} is not writable: decoding into memory instead")
+            warn(f"{problem}: decoding into memory instead")
     workers = decode_workers(len(indices), ctx.world_size if together else 1)
     if together:
         return shared_pixels(ds, indices, preprocess, ctx, progress, workers)
