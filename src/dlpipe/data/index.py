@@ -35,9 +35,10 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A file found by the walk: its path under the root, its real path, its class folder."""
+    """A file found by the walk: its path (text), real path, class folder, and whether a link
+    led to it."""
 
-    path: Path
+    path: str
     real: str
     top: str | None  # first path component below the root (the class folder), None at the root
     via_link: bool
@@ -60,42 +61,46 @@ def _inside(path: str, root: str) -> bool:
 
 
 def walk(root: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
-    """Every file below `root` in sorted order, and what was not followed (with the reason)."""
+    """Every file below `root` in sorted order, and what was not followed (with the reason).
+    os.scandir's cached entry types keep it at one directory read per folder."""
     real_root = os.path.realpath(root)
     found: list[Candidate] = []
     dropped: list[tuple[str, str]] = []
 
-    def visit(folder: Path, real_folder: str, top: str | None, linked: bool, stack: set) -> None:
+    def visit(folder: str, real_folder: str, top: str | None, linked: bool, stack: set) -> None:
         try:
-            names = sorted(os.listdir(folder))
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=_name)
         except OSError as exc:
-            dropped.append((str(folder), f"folder not readable ({exc.strerror})"))
+            dropped.append((folder, f"folder not readable ({exc.strerror})"))
             return
-        for name in names:
-            if name.startswith("."):
-                continue
-            p = folder / name
-            here = top if top is not None else name
-            if os.path.islink(p):
-                target = os.path.realpath(p)
+        for e in entries:
+            here = top if top is not None else e.name
+            if e.is_symlink():
+                target = os.path.realpath(e.path)
                 if not _inside(target, real_root):
-                    dropped.append((str(p), "symlink to outside the data folder (not followed)"))
-                    continue
-                if os.path.isdir(target) and (_inside(real_folder, target) or target in stack):
-                    dropped.append((str(p), "symlink to a folder above it (loop, not followed)"))
-                    continue
-                if os.path.isdir(target):
-                    visit(p, target, here, True, stack | {target})
+                    dropped.append((e.path, "symlink to outside the data folder (not followed)"))
+                elif os.path.isdir(target):
+                    if _inside(real_folder, target) or target in stack:
+                        dropped.append(
+                            (e.path, "symlink to a folder above it (loop, not followed)")
+                        )
+                    else:
+                        visit(e.path, target, here, True, stack | {target})
                 elif os.path.isfile(target):
-                    found.append(Candidate(p, target, top, True))
-            elif os.path.isdir(p):
-                real = os.path.join(real_folder, name)
-                visit(p, real, here, linked, stack | {real})
-            elif os.path.isfile(p):
-                found.append(Candidate(p, os.path.join(real_folder, name), top, linked))
+                    found.append(Candidate(e.path, target, top, True))
+            elif e.is_dir(follow_symlinks=False):
+                real = os.path.join(real_folder, e.name)
+                visit(e.path, real, here, linked, stack | {real})
+            elif e.is_file(follow_symlinks=False):
+                found.append(Candidate(e.path, os.path.join(real_folder, e.name), top, linked))
 
-    visit(root, real_root, None, False, {real_root})
+    visit(os.fspath(root), real_root, None, False, {real_root})
     return found, dropped
+
+
+def _name(entry: os.DirEntry) -> str:
+    return entry.name
 
 
 def dedupe(files: list[Candidate], root: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
@@ -105,19 +110,20 @@ def dedupe(files: list[Candidate], root: Path) -> tuple[list[Candidate], list[tu
         kept = owner.get(c.real)
         if kept is None or (kept.via_link and not c.via_link):
             owner[c.real] = c
+    start = len(os.fspath(root).rstrip(os.sep)) + 1
     keep = [c for c in files if owner[c.real] is c]
     dropped = [
-        (str(c.path), f"same file as {owner[c.real].path.relative_to(root)} (counted once)")
+        (c.path, f"same file as {owner[c.real].path[start:]} (counted once)")
         for c in files
         if owner[c.real] is not c
     ]
     return keep, dropped
 
 
-def read_header(path: Path) -> Header:
+def read_header(path: str) -> Header:
     """Open without decoding: size, native mode ('L' or 'RGB'), dimensions, or why not usable."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError as exc:
         return Header(0, 0, bad=f"cannot stat ({exc.strerror})")
     if st.st_size == 0:
@@ -164,7 +170,7 @@ def _key(path: Path) -> str:
     )
 
 
-def headers(paths: list[Path], root: Path, threads: int = 8) -> tuple[list[Header], dict]:
+def headers(paths: list[str], root: Path, threads: int = 8) -> tuple[list[Header], dict]:
     """Headers of `paths`, from the index cache where a file's (size, mtime) are unchanged; the
     cache is rewritten when anything was read (an unwritable cache is silently skipped)."""
     cache_path = _cache_file(root)
@@ -174,7 +180,7 @@ def headers(paths: list[Path], root: Path, threads: int = 8) -> tuple[list[Heade
     for i, p in enumerate(paths):
         hit = cached.get(_key(p))
         try:
-            st = p.stat()
+            st = os.stat(p)
         except OSError:
             todo.append(i)
             continue
@@ -195,7 +201,8 @@ def headers(paths: list[Path], root: Path, threads: int = 8) -> tuple[list[Heade
         }
         try:
             write_text(
-                cache_path, json.dumps({"format": FORMAT, "root": _key(root), "files": files})
+                cache_path,
+                json.dumps({"format": FORMAT, "root": _key(os.fspath(root)), "files": files}),
             )
         except OSError:
             pass  # the cache only saves time; a read-only or full cache folder is not an error

@@ -133,7 +133,7 @@ def _lazy_get(paths: list[Path], heads: list[Header], mode: str) -> Callable[[in
 
 def _classes(path: Path, files: list[Candidate]) -> tuple[list[str], list[tuple[str, str]]]:
     """Class names (top-level folders holding at least one candidate), and loose files beside."""
-    beside = [(str(c.path), "file beside the class folders (not in a class)") for c in files
+    beside = [(c.path, "file beside the class folders (not in a class)") for c in files
               if c.top is None]  # fmt: skip
     tops = sorted({c.top for c in files if c.top is not None})
     return tops, beside
@@ -143,9 +143,10 @@ def _from_folder(path: Path, strict: bool) -> ImageDataset:
     found, skipped = walk(path)
     found, twice = dedupe(found, path)
     skipped += twice
-    names = [c for c in found if is_image_name(c.path)]
-    skipped += [(str(c.path), "not an image file (extension)") for c in found
-                if not is_image_name(c.path)]  # fmt: skip
+    is_image = [is_image_name(c.path) for c in found]
+    names = [c for c, ok in zip(found, is_image, strict=True) if ok]
+    skipped += [(c.path, "not an image file (extension)") for c, ok in
+                zip(found, is_image, strict=True) if not ok]  # fmt: skip
     class_names, beside = _classes(path, names)
     labeled = bool(class_names)
     if labeled:
@@ -154,7 +155,7 @@ def _from_folder(path: Path, strict: bool) -> ImageDataset:
         names = [c for c in names if c.top is not None]
     heads, _stats = headers([c.path for c in names], path)
     good = [(c, h) for c, h in zip(names, heads, strict=True) if not h.bad]
-    skipped += [(str(c.path), h.bad) for c, h in zip(names, heads, strict=True) if h.bad]
+    skipped += [(c.path, h.bad) for c, h in zip(names, heads, strict=True) if h.bad]
     index = {n: k for k, n in enumerate(class_names)}
     labels_arr = np.array([index[c.top] if labeled else -1 for c, _ in good], dtype=np.int64)
     _refuse(path, strict, skipped, len(good))
@@ -166,10 +167,10 @@ def _from_folder(path: Path, strict: bool) -> ImageDataset:
                 hint="See the skipped files listed above, or remove the folder.",
             )
     digest = hashlib.sha256()
+    start = len(os.fspath(path).rstrip(os.sep)) + 1
     for (c, h), y in zip(good, labels_arr, strict=True):
-        rel = _printable(c.path.relative_to(path))
-        digest.update(f"{rel}|{h.size}|{h.mtime_ns}|{y}\n".encode())
-    files = [c.path for c, _ in good]
+        digest.update(f"{_printable(c.path[start:])}|{h.size}|{h.mtime_ns}|{y}\n".encode())
+    files = [Path(c.path) for c, _ in good]
     heads_ok = [h for _, h in good]
     mode = "RGB" if any(h.mode == "RGB" for h in heads_ok) else "L"
     return ImageDataset(
@@ -187,9 +188,13 @@ def _from_folder(path: Path, strict: bool) -> ImageDataset:
     )
 
 
-def _printable(rel: Path) -> str:
+def _printable(rel: str) -> str:
     """A relative path as text, even when the file name is not valid UTF-8."""
-    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 def _check_class_folders(path: Path, class_names: list[str], twice: list) -> None:
