@@ -10,11 +10,15 @@ torch eager. Files are written atomically with a sha256 beside them; a bad file 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +32,12 @@ ENGINES = ("auto", "torch", "onnxruntime")
 _SESSIONS: dict[str, Any] = {}
 
 
-def wanted_engine(device: Any, autocast: bool = False) -> str:
-    """'onnxruntime' or 'torch' for a frozen pass on `device` (see the module's note)."""
+MIN_IMAGES = 512  # below this the one-off export (seconds) costs more than onnxruntime saves
+
+
+def wanted_engine(device: Any, autocast: bool = False, images: int | None = None) -> str:
+    """'onnxruntime' or 'torch' for a frozen pass over `images` on `device` (see the module's
+    note): auto picks onnxruntime on CPU without autocast, for passes of MIN_IMAGES or more."""
     choice = os.environ.get("DLPIPE_FEATURE_ENGINE", "auto").strip().lower() or "auto"
     if choice not in ENGINES:
         from ..errors import BadInput
@@ -39,6 +47,8 @@ def wanted_engine(device: Any, autocast: bool = False) -> str:
             hint=f"Use one of: {', '.join(ENGINES)}.",
         )
     if choice == "torch" or autocast or getattr(device, "type", str(device)) != "cpu":
+        return "torch"
+    if choice == "auto" and images is not None and images < MIN_IMAGES:
         return "torch"
     try:
         import onnxruntime  # noqa: F401
@@ -61,8 +71,6 @@ class OrtNet:
 def _export(module: Any, shape: tuple[int, ...]) -> bytes:
     """ONNX bytes of `module` (eval mode) with a dynamic batch axis; TorchScript exporter first
     (seconds), the dynamo exporter if that fails."""
-    import contextlib
-
     import torch
 
     example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
@@ -74,7 +82,7 @@ def _export(module: Any, shape: tuple[int, ...]) -> bytes:
                 torch.random.fork_rng(),
                 torch.no_grad(),
                 warnings.catch_warnings(),
-                contextlib.redirect_stdout(io.StringIO()),
+                _silent(),
             ):
                 warnings.simplefilter("ignore")
                 if dynamo:
@@ -93,6 +101,27 @@ def _export(module: Any, shape: tuple[int, ...]) -> bytes:
         except Exception as exc:  # noqa: BLE001 - try the other exporter, then fall back
             errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     raise RuntimeError("; ".join(errors))
+
+
+@contextlib.contextmanager
+def _silent() -> Iterator[None]:
+    """The exporters print progress and, on failure, whole graphs, some of it from C++ straight
+    to file descriptors 1 and 2: both go to a scratch file while exporting (--json needs a clean
+    stdout)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink, contextlib.redirect_stdout(io.StringIO()):
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def _valid(path: Path) -> bool:

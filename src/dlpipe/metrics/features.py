@@ -59,12 +59,12 @@ def feature_network(device: str = "cpu"):  # noqa: ANN201 - returns torch.nn.Mod
     return _cache[key]
 
 
-def _engine(net: object, device: str, size: int):  # noqa: ANN202 - OrtNet | None
+def _engine(net: object, device: str, size: int, n: int):  # noqa: ANN202 - OrtNet | None
     """The network in an onnxruntime session for (3, size, size) inputs, where that is the
-    faster engine (CPU); None: torch eager."""
+    faster engine (CPU, `n` images or more than the export costs); None: torch eager."""
     from ..export.frozen import ort_net, wanted_engine
 
-    if wanted_engine(device) != "onnxruntime":
+    if wanted_engine(device, images=n) != "onnxruntime":
         return None
     key = f"{FEATURE_NAME}:ort:{size}"
     if key not in _cache:
@@ -88,8 +88,8 @@ def extract(
     import torch.nn.functional as F
 
     net = feature_network(device)
-    run = _engine(net, device, size)
     n = len(images) if count is None else count
+    run = _engine(net, device, size, n)
     mean = torch.tensor(_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(_STD, device=device).view(1, 3, 1, 1)
     out = []

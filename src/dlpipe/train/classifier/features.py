@@ -238,7 +238,7 @@ def cached_features(
     whole. Without one (or for val/test on rank 0) this process works alone."""
     ctx = ctx or DistContext()
     indices = np.asarray(indices, dtype=np.int64)
-    engine = wanted_engine(device, _precision(accel) != "off")
+    engine = wanted_engine(device, _precision(accel) != "off", len(indices))
     key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel),
                     engine)  # fmt: skip
     path = cache_dir() / f"{key}.safetensors"
@@ -285,7 +285,13 @@ def _ort(body: nn.Module, weights_hash: str, ds: ImageDataset, preprocess: Prepr
     side = preprocess.output_size
     h, w = (side, side) if side else ds.image_size()
     threads = max(1, _cores() // max(ctx.world_size, env_world_size()))
-    return ort_net(body, weights_hash, (preprocess.channels, h, w), threads)
+    shape = (preprocess.channels, h, w)
+    if ctx.enabled:  # rank 0 exports (once, into the cache); the others then load its file
+        from ...distributed import on_main
+
+        if not on_main(lambda: ort_net(body, weights_hash, shape, threads) is not None, ctx):
+            return None
+    return ort_net(body, weights_hash, shape, threads)
 
 
 _BAD: dict[str, list] = {}  # key -> undecodable rows of a features file made in this process
