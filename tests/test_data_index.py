@@ -245,3 +245,14 @@ def test_a_killed_build_leaves_no_litter_after_the_next_build(tmp_path):
     stale.write_bytes(b"x" * 100)
     assert cached_pixels(ds, idx, pre)[2] == "built"
     assert not stale.exists()
+
+
+def test_normalisation_does_not_split_the_decoded_cache(tmp_path):
+    """mean/std are applied per batch: runs that differ only there (gan vs ae) share one file."""
+    root = _digits(tmp_path / "data", classes=2)
+    ds = open_source(root)
+    idx = np.arange(8)
+    a = Preprocess(resize=8, crop=8, mean=[0.0], std=[1.0])
+    b = Preprocess(resize=8, crop=8, mean=[0.5], std=[0.5])
+    assert cache_key(ds, idx, a) == cache_key(ds, idx, b)
+    assert cache_key(ds, idx, a) != cache_key(ds, idx, Preprocess(resize=9, crop=8))

@@ -36,6 +36,9 @@ from .sources import ImageDataset
 
 FORMAT = "dlpipe-pixels/1"
 _CHUNK = 16 << 20
+# What decides the uint8 pixels (normalisation happens per batch, so mean/std are not part of it:
+# gan and ae runs on the same data share one file).
+_PIXEL_FIELDS = ("resize", "crop", "interpolation", "channels", "channel_order", "layout")
 
 
 def cache_dir() -> Path:
@@ -45,9 +48,10 @@ def cache_dir() -> Path:
 
 def cache_key(ds: ImageDataset, indices: np.ndarray, preprocess: Preprocess) -> str:
     """Everything the pixels depend on: the data fingerprint (paths, sizes, mtimes, labels of the
-    index), the preprocessing, the native mode and which rows."""
+    index), the resize/crop part of the preprocessing, the native mode and which rows."""
     rows = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
-    blob = json.dumps([FORMAT, ds.fingerprint, preprocess.to_dict(), ds.mode, rows], sort_keys=True)
+    pixels = {k: v for k, v in preprocess.to_dict().items() if k in _PIXEL_FIELDS}
+    blob = json.dumps([FORMAT, ds.fingerprint, pixels, ds.mode, rows], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
