@@ -65,7 +65,7 @@ class ImageDataset:
 
     def note_bad(self, found: list[tuple[int, str]]) -> None:
         """Images found unusable when decoded: listed with the skipped files (fatal under
-        --strict); a set where most of them fail stops with one clear error."""
+        --strict). A set where most of them fail is stopped by the decoder (arrays.Tally)."""
         if not found:
             return
         fresh = [(self.where(i), why) for i, why in found]
