@@ -81,18 +81,38 @@ def _bad_files(folder: Path) -> None:
 
 
 def test_bad_files_are_skipped_and_listed(image_folder):
+    """Opening reads headers only: files whose header is bad are skipped at once, a file whose
+    header is fine but whose pixels are cut is found (and listed) when decoded."""
+    from dlpipe.data import Preprocess
+    from dlpipe.data.arrays import pixels_and_indices
+
     _bad_files(image_folder / "cat")
     ds = open_source(image_folder)
-    assert len(ds) == 18
+    assert len(ds) == 19  # 18 good + truncated.png, whose header reads fine
+    reasons = {Path(f).name: why for f, why in ds.skipped}
+    assert set(reasons) == {"zero.png", "notes.txt", "fake.jpg"}
+    pre = Preprocess(resize=8, crop=8, channels=3)
+    px, kept = pixels_and_indices(ds, np.arange(len(ds)), pre)
+    assert len(px) == len(kept) == 18
+    assert "truncated.png" not in {ds.paths[i].name for i in kept}
     reasons = {Path(f).name: why for f, why in ds.skipped}
     assert set(reasons) == {"zero.png", "notes.txt", "fake.jpg", "truncated.png"}
     assert "zero-byte" in reasons["zero.png"] and "truncated" in reasons["truncated.png"]
 
 
 def test_strict_makes_bad_files_fatal(image_folder):
+    from dlpipe.data import Preprocess
+    from dlpipe.data.arrays import pixels_of
+
     _bad_files(image_folder / "dog")
-    with pytest.raises(BadInput, match="--strict: 4 unusable"):
+    with pytest.raises(BadInput, match="--strict: 3 unusable"):
         open_source(image_folder, strict=True)
+    (image_folder / "dog" / "zero.png").unlink()
+    (image_folder / "dog" / "notes.txt").unlink()
+    (image_folder / "dog" / "fake.jpg").unlink()
+    ds = open_source(image_folder, strict=True)  # the header of truncated.png is fine...
+    with pytest.raises(BadInput, match="--strict: 1 image.*truncated.png"):
+        pixels_of(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8, channels=3))
 
 
 @pytest.mark.parametrize(

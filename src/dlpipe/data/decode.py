@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -20,9 +21,9 @@ class BadImage(Exception):
     """An image file that cannot be used; the message says why."""
 
 
-def is_image_name(path: Path) -> bool:
+def is_image_name(path: str | Path) -> bool:
     """True when the file name has an image extension dlpipe decodes."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

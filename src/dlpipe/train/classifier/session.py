@@ -20,7 +20,7 @@ from torch import nn
 from ...checkpoint import load_checkpoint
 from ...config import FinetuneConfig
 from ...data import Preprocess, make_split, open_source
-from ...data.arrays import decode_workers, pixels_of, shared_pixels
+from ...data.pixcache import load_pixels
 from ...data.sources import ImageDataset
 from ...data.splits import subsample
 from ...distributed import DistContext, setup
@@ -90,6 +90,7 @@ class Session:
     _body_hash: str | None = None
     _view: tuple[Any, nn.Module] | None = None  # (what it was made for, training view)
     started: float = field(default_factory=time.perf_counter)
+    _skips_reported: int = 0
 
     # ---- setup ------------------------------------------------------------------------------
     @classmethod
@@ -238,6 +239,7 @@ class Session:
                     *args, advance, self.cfg.feature_batch_size, accel=self.accel,
                     ctx=self.ctx if collective else None,
                 )  # fmt: skip
+            self._report_late_skips()
             if split == "train":
                 self.cache_how = how
                 self.log(f"train features: {how} ({len(idx)} rows)")
@@ -249,19 +251,23 @@ class Session:
         `collective` (the training split, called on every rank) each rank decodes its share."""
         if split not in self._pixels:
             idx = getattr(self.data, split)
+            ctx = self.ctx if collective else None  # folders: the decoded cache, mapped
             with self.out.progress(f"decode {split}", len(idx)) as advance:
-                workers = decode_workers(len(idx), self.ctx.world_size)
-                if collective:  # every rank decodes its share of the training split
-                    px = shared_pixels(self.data.ds, idx, self.preprocess, self.ctx, advance,
-                                       workers)  # fmt: skip
-                else:
-                    px = pixels_of(self.data.ds, idx, self.preprocess, advance, workers)
-            labels = torch.from_numpy(self.data.ds.labels[idx].copy())
+                px, kept = load_pixels(self.data.ds, idx, self.preprocess, advance, ctx,
+                                       self.out.warn)  # fmt: skip
+            labels = torch.from_numpy(self.data.ds.labels[kept].copy())
+            self._report_late_skips()
             aug = self.cfg.augment and split == "train"
             self._pixels[split] = Source(labels, pixels=px, preprocess=self.preprocess,
                                          augment=aug, hflip=self.cfg.hflip,
                                          device=self.device, accel=self.accel)  # fmt: skip
         return self._pixels[split]
+
+    def _report_late_skips(self) -> None:
+        """Images found undecodable while decoding join skipped.txt (rank 0 writes it)."""
+        if self.ctx.is_main and len(self.data.ds.skipped) > self._skips_reported:
+            self.run.report_skipped(self.data.ds.skipped)
+            self._skips_reported = len(self.data.ds.skipped)
 
     def source(
         self, split: str, frozen: bool, collective: bool = False
