@@ -18,6 +18,7 @@ from .common import (
     ExistOkOpt,
     JsonOpt,
     LimitOpt,
+    LogOpt,
     NameOpt,
     NprocOpt,
     Output,
@@ -151,6 +152,7 @@ def finetune(
     resume: ResumeOpt = False,
     stop_after: Annotated[int | None, _O("--stop-after", min=1, hidden=True)] = None,
     config_file: ConfigFileOpt = None,
+    log: LogOpt = None,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
