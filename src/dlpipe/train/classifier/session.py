@@ -118,7 +118,9 @@ class Session:
             pre = Preprocess.from_dict(ckpt.meta["preprocess"])
             wdesc = ckpt.meta.get("weights", {})
         else:
-            pre = preprocess_for(model, cfg.backbone, weights, in_chans, cfg.image_size)
+            # a native CNN takes any side: record the data's, so the run says what it exports with
+            side = cfg.image_size or (data.ds.image_size()[0] if spec.family == "native" else None)
+            pre = preprocess_for(model, cfg.backbone, weights, in_chans, side)
             wdesc = weights.describe() if weights else {"spec": cfg.weights, "source": "none"}
         info["in_chans"] = in_chans
         s = cls(cfg, run, out, data, model.to(device), info, pre, wdesc, device, ctx, accel)
