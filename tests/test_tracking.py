@@ -92,3 +92,13 @@ def test_unknown_tracker_names_the_closest(cli) -> None:
     res = cli("finetune", *TINY_CLS, "--log", "tensorbord")
     assert res.exit_code == 2 and "did you mean 'tensorboard'" in res.output
     assert not any(Path("runs").rglob("*.csv")) if Path("runs").exists() else True
+
+
+def test_resume_keeps_logging_to_the_same_tracker(cli) -> None:
+    base = [a if a != "2" else "1" for a in TINY_AE]  # one epoch, then resume to two
+    first = cli("ae", "train", *base, "--name", "r", "--log", "tensorboard")
+    assert first.exit_code == 0, first.output
+    again = cli("ae", "train", "--resume", "--name", "r", "--epochs", "2", "--json", "-q")
+    assert again.exit_code == 0, again.output  # --log comes from the saved config
+    ea = _events(parse_json(again.stdout)["run_dir"])
+    assert [e.step for e in ea.Scalars("train_loss")] == [1, 2]

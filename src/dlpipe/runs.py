@@ -351,7 +351,7 @@ def _resumed_config(run: RunDir, cfg: Any, explicit: set[str]) -> Any:
                 hint="Drop the option to continue the run, or start a new run with a new --name.",
             )
         saved[key] = new
-    return run, type(cfg).from_dict(saved)
+    return type(cfg).from_dict(saved)
 
 
 @contextmanager
