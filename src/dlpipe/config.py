@@ -129,6 +129,9 @@ class FinetuneConfig(ConfigBase):
     strict: bool = knob(False, "fail on unreadable files instead of skipping them")
     feature_batch_size: int = knob(128, "batch of the one-off backbone pass (32-512)", lo=1)
     stop_after: int | None = knob(None, "stop after N epochs this call, as if interrupted", lo=1)
+    log: str | None = knob(
+        None, "trackers besides metrics.csv: tensorboard, mlflow (comma-separated)"
+    )
 
     @property
     def pretrained(self) -> bool:
@@ -189,6 +192,9 @@ class GanConfig(ConfigBase):
     amp: str = knob("off", "mixed precision", choices=AMP)
     compile: bool = knob(False, "torch.compile G and D for training")
     sync_bn: bool = knob(True, "with several processes: BatchNorm statistics of the global batch")
+    log: str | None = knob(
+        None, "trackers besides metrics.csv: tensorboard, mlflow (comma-separated)"
+    )
 
     def resolved_channels(self, image_size: int) -> tuple[int, int]:
         """(ngf, ndf) after the size-dependent defaults."""
@@ -221,6 +227,9 @@ class AeConfig(ConfigBase):
     deterministic: bool = knob(False, "bit-reproducible kernels")
     amp: str = knob("off", "mixed precision", choices=AMP)
     compile: bool = knob(False, "torch.compile the training model")
+    log: str | None = knob(
+        None, "trackers besides metrics.csv: tensorboard, mlflow (comma-separated)"
+    )
 
 
 @dataclass

@@ -39,6 +39,8 @@ class Output:
         self.quiet = quiet or not self.main
         self.console = Console(stderr=json_mode, quiet=self.quiet, highlight=False)
         self.err = Console(stderr=True, quiet=not self.main, highlight=False)
+        # the final line saying where the result went prints even with --quiet
+        self.final = Console(stderr=json_mode, quiet=not self.main, highlight=False)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Human output (silenced by --quiet)."""
@@ -78,14 +80,15 @@ class Output:
             yield advance
 
     def result(self, payload: dict[str, Any], human: str | None = None) -> None:
-        """The command's final word: one JSON object (--json) or a line saying where things went."""
+        """The command's final word: one JSON object (--json) or a line saying where things went
+        (printed with --quiet too: a quiet run still says where its result is)."""
         if not self.main:
             return
         if self.json_mode:
             sys.stdout.write(json.dumps(payload, default=str) + "\n")
             sys.stdout.flush()
         elif human:
-            self.console.print(human)
+            self.final.print(human)
 
 
 def quiet() -> Output:

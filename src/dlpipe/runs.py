@@ -10,7 +10,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,28 @@ class RunOptions:
 
 @dataclass
 class RunDir:
-    """Paths and writers of one run folder."""
+    """Paths and writers of one run folder; its experiment trackers (`--log`) get every config,
+    metrics row and image it writes."""
 
     path: Path
+    # --log: the trackers to open at the first write (so a run that fails on its data leaves no
+    # tracker files, and its empty folder is still removed); None on every rank but the main one
+    track: str | None = field(default=None, repr=False, compare=False)
+    _trackers: list[Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, command: str, name: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> RunDir:
         """The folder of run `name` of `command` (RUNS_DIR/<command>/<name>), existing or not."""
         return cls(Path(runs_dir) / command / name)
+
+    @property
+    def trackers(self) -> list[Any]:
+        """The run's experiment trackers, started on first use."""
+        if self._trackers is None:
+            from .tracking import open_trackers
+
+            self._trackers = open_trackers(self.track, self.path) if self.track else []
+        return self._trackers
 
     @property
     def config_path(self) -> Path:
@@ -93,7 +107,10 @@ class RunDir:
         """Save the resolved configuration as YAML."""
         import yaml
 
-        return write_text(self.config_path, yaml.safe_dump(_plain(config), sort_keys=False))
+        path = write_text(self.config_path, yaml.safe_dump(_plain(config), sort_keys=False))
+        for tracker in self.trackers:
+            tracker.log_params(_plain(config))
+        return path
 
     def read_config(self) -> dict[str, Any]:
         """Read the saved configuration."""
@@ -102,9 +119,19 @@ class RunDir:
         return yaml.safe_load(self.config_path.read_text()) or {}
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        """Add one row (one epoch) to metrics.csv, rewriting the file atomically."""
+        """Add one row (one epoch) to metrics.csv, rewriting the file atomically; trackers get
+        its numbers at step `epoch`."""
         rows = self.read_metrics()
         rows.append({k: _fmt(v) for k, v in row.items()})
+        self._write_metrics(rows)
+        if self.track:
+            from .tracking import numbers
+
+            values, step = numbers(_plain(row)), int(row.get("epoch", len(rows)))
+            for tracker in self.trackers:
+                tracker.log_metrics(values, step)
+
+    def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
         columns: list[str] = []
         for r in rows:
             columns += [k for k in r if k not in columns]
@@ -125,8 +152,21 @@ class RunDir:
         """Keep only rows of epochs < epochs_done (used on resume after a crash)."""
         rows = [r for r in self.read_metrics() if int(float(r.get("epoch", 0))) < epochs_done]
         self.metrics_path.unlink(missing_ok=True)
-        for r in rows:
-            self.append_metrics(r)
+        if rows:  # trackers already have these rows
+            self._write_metrics(rows)
+
+    def log_image(self, tag: str, path: Path | None, step: int) -> Path | None:
+        """Hand a PNG the run just wrote to the trackers; returns `path`."""
+        if path is not None:
+            for tracker in self.trackers:
+                tracker.log_image(tag, Path(path), step)
+        return path
+
+    def close_trackers(self) -> None:
+        """Flush and close the trackers (the run is over, or failed)."""
+        trackers, self._trackers, self.track = self._trackers or [], [], None
+        for tracker in trackers:
+            tracker.close()
 
     def log(self, message: str) -> None:
         """Append a timestamped line to log.txt."""
@@ -275,18 +315,36 @@ def open_run(
     saved config, with the options the user gave explicitly winning; a saved config this command
     does not know, or an explicit change of what the checkpoint's shapes depend on, is refused.
     Under torchrun rank 0 picks the folder and every rank uses it."""
-    import dataclasses
-
     from .distributed import DistContext, on_main
+    from .tracking import check
 
     dist_ctx = dist_ctx or DistContext()
+    check(getattr(cfg, "log", None))  # a missing tracker package fails before any folder exists
     if not opts.resume:
         run = on_main(
             lambda: create_run_dir(folder, opts.name, opts.runs_dir, opts.exist_ok), dist_ctx
         )
-        return run, cfg
+        return _track(run, cfg), cfg
     run = on_main(lambda: run_to_resume(folder, opts.name, opts.runs_dir, display), dist_ctx)
     on_main(run.remove_stale_temp, dist_ctx)
+    cfg = _resumed_config(run, cfg, explicit)
+    check(getattr(cfg, "log", None))
+    return _track(run, cfg), cfg
+
+
+def _track(run: RunDir, cfg: Any) -> RunDir:
+    """Give the run the trackers `--log` names; the main process alone logs."""
+    from .distributed import env_rank
+
+    if env_rank() == 0:
+        run.track = getattr(cfg, "log", None)
+    return run
+
+
+def _resumed_config(run: RunDir, cfg: Any, explicit: set[str]) -> Any:
+    """The saved config of the run `--resume` continues, with the options typed explicitly."""
+    import dataclasses
+
     saved = run.read_config()
     known = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(saved) - known)
@@ -307,7 +365,7 @@ def open_run(
                 hint="Drop the option to continue the run, or start a new run with a new --name.",
             )
         saved[key] = new
-    return run, type(cfg).from_dict(saved)
+    return type(cfg).from_dict(saved)
 
 
 @contextmanager
@@ -320,7 +378,10 @@ def tidy_on_failure(run: RunDir) -> Iterator[None]:
     try:
         yield
     except BaseException:
+        run.close_trackers()  # before the check below: an open event file is a file
         path = run.path
         if env_rank() == 0 and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
             shutil.rmtree(path, ignore_errors=True)
         raise
+    finally:
+        run.close_trackers()

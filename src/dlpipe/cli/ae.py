@@ -18,6 +18,7 @@ from .common import (
     ExistOkOpt,
     JsonOpt,
     LimitOpt,
+    LogOpt,
     NameOpt,
     NprocOpt,
     Output,
@@ -87,6 +88,7 @@ def train(
     exist_ok: ExistOkOpt = False,
     resume: ResumeOpt = False,
     config_file: ConfigFileOpt = None,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -34,7 +34,16 @@ QuietOpt = Annotated[
     typer.Option(
         "--quiet",
         "-q",
-        help="No progress bars or chatter; errors still print.",
+        help="No progress bars or chatter; errors and the final line saying where the result went still print.",
+        rich_help_panel="Output",
+    ),
+]
+LogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log",
+        help="Experiment trackers besides metrics.csv: tensorboard, mlflow or both "
+        "(tensorboard,mlflow): per-epoch metrics, the config, sample/confusion images.",
         rich_help_panel="Output",
     ),
 ]

@@ -19,6 +19,7 @@ from .common import (
     ExistOkOpt,
     JsonOpt,
     LimitOpt,
+    LogOpt,
     NameOpt,
     NprocOpt,
     Output,
@@ -152,6 +153,7 @@ def finetune(
     resume: ResumeOpt = False,
     stop_after: Annotated[int | None, _O("--stop-after", min=1, hidden=True)] = None,
     config_file: ConfigFileOpt = None,
+    log: LogOpt = None,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

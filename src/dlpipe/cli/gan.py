@@ -19,6 +19,7 @@ from .common import (
     ExistOkOpt,
     JsonOpt,
     LimitOpt,
+    LogOpt,
     NameOpt,
     NprocOpt,
     Output,
@@ -109,6 +110,7 @@ def train(
     exist_ok: ExistOkOpt = False,
     resume: ResumeOpt = False,
     config_file: ConfigFileOpt = None,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

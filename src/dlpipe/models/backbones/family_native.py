@@ -46,6 +46,8 @@ class NativeFamily:
     """Small CNNs that take the data's own channels; no pretrained weights ship."""
 
     name = "native"
+    # whether a run without --image-size should record the data\'s own side as its input size
+    sized_by_data = True
 
     def parse(self, name: str) -> str | None:
         """The architecture `name` denotes in this family, or None."""

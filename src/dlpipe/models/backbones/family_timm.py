@@ -20,6 +20,8 @@ class TimmFamily:
     """timm's models: `reset_classifier(0)` and `resolve_model_data_config` do the work."""
 
     name = "timm"
+    # whether a run without --image-size should record the data\'s own side as its input size
+    sized_by_data = False
 
     def parse(self, name: str) -> str | None:
         """The architecture `timm/<arch>` denotes, or None (not a timm name)."""

@@ -59,6 +59,8 @@ class TorchvisionFamily:
     """Any torchvision classifier; the old head is the last layer with 1000 outputs."""
 
     name = "torchvision"
+    # whether a run without --image-size should record the data\'s own side as its input size
+    sized_by_data = False
 
     def names(self) -> list[str]:
         """Classification models of torchvision."""

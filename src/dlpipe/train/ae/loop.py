@@ -206,7 +206,8 @@ def _end_epoch(
         ev = evaluate(s.model, val, s.noise, s.device, seed=s.cfg.seed + 1)
         examples = ev.pop("_examples")
         row |= {f"val_{k}": v for k, v in ev.items()}
-        save_triplets(examples, run.path / "samples" / f"epoch_{epoch:03d}.png")
+        grid = save_triplets(examples, run.path / "samples" / f"epoch_{epoch:03d}.png")
+        run.log_image("reconstructions", grid, epoch)
     s.metrics = row
     run.append_metrics(row)
     s.save(run.checkpoint("last"), data)
@@ -225,6 +226,7 @@ def final_outputs(
         test = evaluate(s.model, data.heldout, s.noise, s.device, seed=s.cfg.seed + 2,
                         labels=data.heldout_labels)  # fmt: skip
         grid = save_triplets(test.pop("_examples"), run.path / "reconstructions.png")
+        run.log_image("reconstructions_test", grid, s.epoch)
     metrics = {
         **test,
         "heldout_images": len(data.heldout),

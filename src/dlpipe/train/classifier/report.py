@@ -51,6 +51,7 @@ def finish(s: Session) -> dict[str, Any]:
     title = f"{s.info['backbone']} on {s.cfg.data}: held-out {ho['split']} split"
     cm_png = plot_confusion(ho["confusion"], s.data.ds.class_names, s.run.path / "confusion.png",
                             title=title, accuracy=ho["acc"])  # fmt: skip
+    s.run.log_image("confusion", cm_png, s.epoch)
     metrics = {
         "held_out_acc": ho["acc"], "test_acc": ho["acc"], "test_loss": ho["loss"],
         "held_out_split": ho["split"], "held_out_size": ho["n"],

@@ -26,6 +26,7 @@ from ...data.splits import subsample
 from ...distributed import DistContext, setup
 from ...errors import BadInput
 from ...models.backbones import (
+    FAMILIES,
     arch_meta,
     build_classifier,
     in_channels,
@@ -126,7 +127,10 @@ class Session:
             pre = Preprocess.from_dict(ckpt.meta["preprocess"])
             wdesc = ckpt.meta.get("weights", {})
         else:
-            pre = preprocess_for(model, cfg.backbone, weights, in_chans, cfg.image_size)
+            # a native CNN takes any side: record the data's, so the run says what it exports with
+            by_data = FAMILIES[parse_backbone(cfg.backbone).family].sized_by_data
+            side = cfg.image_size or (data.ds.image_size()[0] if by_data else None)
+            pre = preprocess_for(model, cfg.backbone, weights, in_chans, side)
             wdesc = weights.describe() if weights else {"spec": cfg.weights, "source": "none"}
         info["in_chans"] = in_chans
         s = cls(cfg, run, out, data, model.to(device), info, pre, wdesc, device, ctx, accel)

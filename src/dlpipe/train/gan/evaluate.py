@@ -106,7 +106,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 class QualityMeter:
     """fd/kid on mobilenet_v2 features of generated vs held-out images, with the real-vs-real floor
-    (training vs held-out images, same count) computed once."""
+    (training vs held-out images, same count) computed once. The real images' features are cached
+    on disk by a fingerprint of their pixels, with the floor (its Frechet distance costs as much as
+    the features), so a later run on the same data pays only for the generated side (`cached`
+    says whether this one did)."""
 
     def __init__(self, train: np.ndarray, heldout: np.ndarray, max_images: int, size: int):
         from ...metrics.features import extract
@@ -114,11 +117,19 @@ class QualityMeter:
         self.size = size
         self.n = min(len(heldout), len(train), max_images)
         rng = np.random.default_rng(0)
-        pick_h = np.sort(rng.choice(len(heldout), self.n, replace=False))
-        pick_t = np.sort(rng.choice(len(train), self.n, replace=False))
-        self.real = extract(heldout[pick_h].astype(np.float32) / 255.0, size=size)
-        train_feats = extract(train[pick_t].astype(np.float32) / 255.0, size=size)
-        self.floor = self._distances(train_feats, suffix="_floor")
+        held = heldout[np.sort(rng.choice(len(heldout), self.n, replace=False))]
+        picked = train[np.sort(rng.choice(len(train), self.n, replace=False))]
+        self.cache_file = real_features_file(held, picked, size)
+        cached = _load_features(self.cache_file, self.n)
+        self.cached = cached is not None
+        if cached is None:
+            self.real = extract(held.astype(np.float32) / 255.0, size=size)
+            self.floor = self._distances(
+                extract(picked.astype(np.float32) / 255.0, size=size), suffix="_floor"
+            )
+            _save_features(self.cache_file, self.real, self.floor)
+        else:
+            self.real, self.floor = cached
 
     def _distances(self, feats: np.ndarray, suffix: str = "") -> dict[str, float]:
         kid, _ = kernel_distance(feats, self.real, subset_size=min(500, self.n))
@@ -135,6 +146,47 @@ class QualityMeter:
             return to_unit(g(torch.randn(stop - start, nz, generator=gen).to(device))).cpu()
 
         return {**self._distances(extract(sample, count=self.n, size=self.size)), **self.floor}
+
+
+def real_features_file(heldout: np.ndarray, train: np.ndarray, size: int) -> Path:
+    """Cache file of the real images' features: a sha256 of the feature network, its input side
+    and the exact pixels (shape and bytes) of both image sets."""
+    import hashlib
+
+    from ...metrics.features import WEIGHTS_FILE
+    from ..classifier.features import cache_dir
+
+    digest = hashlib.sha256(f"dlpipe-gan-real/2|{WEIGHTS_FILE}|{size}".encode())
+    for a in (heldout, train):
+        digest.update(f"|{a.dtype}|{a.shape}|".encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return cache_dir() / f"gan-real-{digest.hexdigest()[:40]}.npz"
+
+
+def _load_features(path: Path, n: int) -> tuple[np.ndarray, dict[str, float]] | None:
+    """(held-out features, floor distances) from the cache, or None when absent or unusable."""
+    import zipfile
+
+    keys = (FD_KEY + "_floor", KID_KEY + "_floor")
+    try:
+        with np.load(path) as f:
+            real, floor = f["heldout"], f["floor"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    if real.shape[0] != n or floor.shape != (2,) or not np.isfinite(real).all():
+        return None  # rebuilt
+    return real, {k: float(v) for k, v in zip(keys, floor, strict=True)}
+
+
+def _save_features(path: Path, real: np.ndarray, floor: dict[str, float]) -> None:
+    from ...atomic import atomic_path
+
+    values = np.array([floor[FD_KEY + "_floor"], floor[KID_KEY + "_floor"]])
+    try:
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, heldout=real, floor=values)
+    except OSError:
+        pass  # an unwritable cache only costs the next run the same time again
 
 
 def progress_sheet(sample_dir: Path, out: Path, image_side: int, per_row: int = 8) -> Path | None:

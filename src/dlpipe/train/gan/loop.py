@@ -321,12 +321,16 @@ def _evaluate_now(s: GanState, data: ImageData, run: RunDir, epoch: int) -> dict
     s.g_export, report = export_generator(s.ema if s.ema is not None else s.g, s.cfg.nz, s.device)
     with torch.no_grad():
         grid = to_uint8(s.g_export(s.fixed_noise))
-    save_grid(grid, run.path / "samples" / f"epoch_{epoch:03d}.png")
+    run.log_image(
+        "samples", save_grid(grid, run.path / "samples" / f"epoch_{epoch:03d}.png"), epoch
+    )
     row: dict[str, Any] = dict(report)
     due = s.cfg.fd_every and (epoch % s.cfg.fd_every == 0 or epoch == s.cfg.epochs)
     if due and len(data.heldout) >= 2:
         if s.quality is None:
             s.quality = QualityMeter(data.train, data.heldout, s.cfg.fd_images, s.cfg.fd_image_size)
+            how = "read from the cache" if s.quality.cached else "computed and cached"
+            run.log(f"fd/kid: real-image features {how} ({s.quality.cache_file})")
         row |= s.quality.measure(s.g_export, s.cfg.nz, s.device)
     return row
 
@@ -367,6 +371,7 @@ def final_outputs(
     with torch.no_grad():
         z = torch.randn(64, s.cfg.nz, generator=torch.Generator().manual_seed(s.cfg.seed))
         samples = save_grid(to_uint8(g(z.to(s.device))), run.path / "samples.png")
+    run.log_image("samples_final", samples, s.epoch)
     progress = progress_sheet(run.path / "samples", run.path / "progress.png", s.arch["image_size"])
     rows = run.read_metrics()
     panels = {
