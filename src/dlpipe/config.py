@@ -200,6 +200,10 @@ class AeConfig(ConfigBase):
     latent: int = knob(32, "bottleneck size; 16-128 (smaller compresses more)", lo=1, hi=65536)
     width: int = knob(32, "channels of the first conv stage, doubled per stage; 16-64", lo=1, hi=1024)  # fmt: skip
     noise: str | None = knob(None, "gaussian:0.3 | saltpepper:0.1 | mask:0.25; None = plain AE")
+    # unet: skips at every scale + residual output (denoising); conv: a compressing latent
+    arch: str | None = knob(
+        None, "unet | conv; None = unet with --noise, conv without", choices=("unet", "conv")
+    )
     loss: str = knob("mse", "per-pixel loss", choices=("mse", "bce"))
     epochs: int = knob(10, "passes over the training images", lo=1)
     batch_size: int = knob(64, "images per step; 32-256", lo=1)
@@ -212,3 +216,11 @@ class AeConfig(ConfigBase):
     deterministic: bool = knob(False, "bit-reproducible kernels")
     amp: str = knob("off", "mixed precision", choices=AMP)
     compile: bool = knob(False, "torch.compile the training model")
+
+    @property
+    def net(self) -> str:
+        """The resolved --arch: a U-Net denoiser with --noise, a compressing conv AE without."""
+        if self.arch is not None:
+            return self.arch
+        off = self.noise is None or str(self.noise).strip().lower() in ("", "none", "off", "0")
+        return "conv" if off else "unet"  # the same "no noise" spellings as parse_noise

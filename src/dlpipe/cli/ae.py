@@ -41,13 +41,25 @@ def train(
     ctx: typer.Context,
     data: DataOpt = "mnist5k",
     data_root: DataRootOpt = None,
-    latent: Annotated[int, typer.Option("--latent", min=1, help="Bottleneck size.")] = 32,
+    latent: Annotated[
+        int, typer.Option("--latent", min=1, help="Bottleneck size (--arch conv).")
+    ] = 32,
     noise: Annotated[
         str | None,
         typer.Option(
             "--noise",
             help="Denoising: corrupt inputs on the fly, clean image as target. gaussian:SIGMA, "
             "saltpepper:SHARE or mask:SHARE (e.g. gaussian:0.3). Default: plain autoencoder.",
+        ),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch",
+            help="unet: skip connections at every scale and a residual output (the denoiser; "
+            "exports --part full only). conv: a compressing autoencoder with a --latent vector "
+            "(exports --part full|encoder|decoder). [default: unet with --noise, conv without]",
+            show_default=False,
         ),
     ] = None,
     loss: Annotated[str, typer.Option("--loss", help="mse or bce.")] = "mse",
@@ -87,8 +99,9 @@ def train(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a convolutional autoencoder (strided-conv encoder, transposed-conv decoder); with
-    --noise a denoising one. Reports PSNR/SSIM on held-out images and the gain over the noisy input.
+    """Train an autoencoder; with --noise a denoising one (a U-Net predicting a residual by
+    default), without it a compressing conv autoencoder (strided-conv encoder, transposed-conv
+    decoder). Reports PSNR/SSIM on held-out images and the gain over the noisy input.
 
     Example: dlpipe ae train --data mnist5k --noise gaussian:0.3 (several processes: add
     --nproc N, or run it under torchrun; --batch-size stays the global batch).
@@ -112,7 +125,7 @@ def train(
     else:
         cfg = AeConfig(
             data=data, data_root=str(data_root) if data_root else None, strict=strict,
-            image_size=image_size, latent=latent, width=width, noise=noise, loss=loss,
+            image_size=image_size, latent=latent, width=width, noise=noise, arch=arch, loss=loss,
             epochs=epochs or 10, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
             test_fraction=test_fraction, limit=limit, seed=seed, device=device,
             deterministic=deterministic, amp=amp, compile=compile,
