@@ -125,6 +125,16 @@ class FinetuneConfig(ConfigBase):
     strict: bool = knob(False, "fail on unreadable files instead of skipping them")
     feature_batch_size: int = knob(128, "batch of the one-off backbone pass (32-512)", lo=1)
     stop_after: int | None = knob(None, "stop after N epochs this call, as if interrupted", lo=1)
+    # auto: while frozen on cached features, solve the head instead of counting epochs
+    head_fit: str = knob(
+        "auto",
+        "auto: linear head by L-BFGS (weight decay picked on val), mlp head early-stopped; "
+        "epochs: --epochs passes of --optimizer",
+        choices=("auto", "epochs"),
+    )
+    unfreeze_label_smoothing: float = knob(
+        0.1, "label smoothing once the backbone trains (--unfreeze-after); 0-0.2", lo=0.0, hi=0.5
+    )
 
     @property
     def pretrained(self) -> bool:
@@ -144,6 +154,15 @@ class FinetuneConfig(ConfigBase):
         if self.backbone_lr_mult is not None:
             return self.backbone_lr_mult
         return 0.1 if self.pretrained else 1.0
+
+    @property
+    def staged(self) -> bool:
+        """Frozen first, then unfrozen after --unfreeze-after epochs."""
+        return self.frozen and self.unfreeze_after is not None
+
+    def solves_head(self) -> bool:
+        """Is the frozen head solved (--head-fit auto on cached features) rather than trained?"""
+        return self.head_fit == "auto" and self.frozen and self.cacheable(True)
 
     def cacheable(self, frozen: bool) -> bool:
         """Features can be cached while the backbone is frozen, unaugmented, its BN fixed."""
