@@ -159,3 +159,9 @@ def test_resume_and_plain_autoencoder(cli, stripes):
 def test_bad_noise_is_exit_2(cli, stripes):
     res = cli("ae", "train", "--data", stripes, "--noise", "blur:2", *TINY)
     assert res.exit_code == 2 and "--noise" in res.stderr
+    res = cli("ae", "train", "--data", stripes, "--arch", "resnet", *TINY)
+    assert (
+        res.exit_code == 2
+        and "--arch 'resnet'" in res.stderr
+        and not any(Path("runs/ae").iterdir())
+    )
