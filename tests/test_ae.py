@@ -1,4 +1,4 @@
-"""`dlpipe ae train` end to end on tiny real images; the model's separable parts; noise specs."""
+"""`dlpipe ae train` end to end on tiny real images; U-Net and conv models; noise specs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dlpipe.checkpoint import load_checkpoint
 from dlpipe.errors import BadInput
 from dlpipe.models import build_from_meta
 from dlpipe.models.autoencoder import AutoEncoder
+from dlpipe.models.unet import UNet, unet_depth
 from dlpipe.train.ae.parts import add_noise, parse_noise
 from tests.conftest import parse_json
 
@@ -42,6 +43,21 @@ def test_shapes_and_separable_parts(size, channels):
         torch.testing.assert_close(ae(x), y)
     assert z.shape == (2, 10)
     assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_unet_shapes_depth_and_identity_start(size, channels):
+    net = UNet(image_size=size, channels=channels, width=4)
+    assert net.depth == {28: 2, 32: 3, 64: 4}[size] == unet_depth(size)
+    x = torch.rand(2, channels, size, size)
+    with torch.no_grad():
+        assert net(x).shape == x.shape
+        torch.testing.assert_close(net(x), x)  # zero last conv: starts as the identity
+        net.out.weight.normal_()
+        y = net(x)
+    assert 0 <= float(y.min()) and float(y.max()) <= 1 and not torch.equal(y, x)
+    assert unet_depth(8) == 1 and unet_depth(7) == 0 and unet_depth(16) == 2
 
 
 def test_noise_specs():
@@ -84,18 +100,49 @@ def test_denoising_train_cli_json_metrics_and_contract(cli, stripes):
         "autoencoder",
         "model",
     )
-    assert ck.meta["arch"] == {
-        "latent": 8,
-        "image_size": 16,
-        "channels": 1,
-        "width": 4,
-        "output": "clamp",
-    }
+    # --noise without --arch: the U-Net denoiser
+    arch = {"net": "unet", "image_size": 16, "channels": 1, "width": 4, "output": "clamp"}
+    assert ck.meta["arch"] == {**arch, "depth": 2} and "latent" not in ck.meta["io"]
     assert ck.meta["metrics"]["psnr_gain_db"] == pytest.approx(m["psnr_gain_db"])
+    assert m["psnr_gain_db"] > 0  # it denoises
+    model = build_from_meta(ck.meta)
+    assert isinstance(model, UNet)
+    model.load_state_dict(ck.weights["model"])
+
+
+def test_conv_denoiser_keeps_its_parts(cli, stripes):
+    res = cli("ae", "train", "--data", stripes, "--noise", "gaussian:0.3", "--arch", "conv",
+              "--epochs", "1", "--json", *TINY)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ck = load_checkpoint(Path(parse_json(res.stdout)["run_dir"]) / "checkpoints/last.safetensors")
+    assert ck.meta["arch"] == {"net": "conv", "latent": 8, "image_size": 16, "channels": 1,
+                               "width": 4, "output": "clamp"}  # fmt: skip
     model = build_from_meta(ck.meta)
     model.load_state_dict(ck.weights["model"])
     x = torch.rand(2, 1, 16, 16)
     torch.testing.assert_close(model.decoder(model.encoder(x)), model(x))
+
+
+def test_unet_exports_full_validates_and_refuses_parts(cli, stripes):
+    run = "runs/ae/u"
+    res = cli("ae", "train", "--data", stripes, "--noise", "gaussian:0.2", "--epochs", "1",
+              "--name", "u", *TINY)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = cli("export", run, "--exporter", "torchscript", "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    model = parse_json(res.stdout)["model"]
+    res = cli("validate", model, "--providers", "cpu", "--n", "8", "--latency-runs", "1",
+              "--json", "--quiet")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    report = parse_json(res.stdout)["parity"]
+    assert report["passed"] and report["inputs"][0]["name"] == "real"
+    res = cli("predict", model, stripes, "--out", "recon", "--json")
+    assert res.exit_code == 0 and len(list(Path("recon").glob("*.png"))) == 40
+    for part in ("encoder", "decoder"):
+        res = cli("export", run, "--part", part, "--exporter", "torchscript")
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and "U-Net" in text and "--part full" in text, text
+        assert not list(Path("exports").glob(f"*{part}*"))
 
 
 def test_resume_and_plain_autoencoder(cli, stripes):
@@ -112,3 +159,9 @@ def test_resume_and_plain_autoencoder(cli, stripes):
 def test_bad_noise_is_exit_2(cli, stripes):
     res = cli("ae", "train", "--data", stripes, "--noise", "blur:2", *TINY)
     assert res.exit_code == 2 and "--noise" in res.stderr
+    res = cli("ae", "train", "--data", stripes, "--arch", "resnet", *TINY)
+    assert (
+        res.exit_code == 2
+        and "--arch 'resnet'" in res.stderr
+        and not any(Path("runs/ae").iterdir())
+    )

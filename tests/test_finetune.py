@@ -133,6 +133,51 @@ def test_staged_unfreeze_then_resume_equals_uninterrupted(cli) -> None:
     assert [r["stage"] for r in rows] == ["frozen", "unfrozen", "unfrozen"]
 
 
+def test_unfreeze_keeps_bn_statistics_warms_backbone_and_smooths_labels() -> None:
+    from dlpipe.train.classifier.stages import _plan, train_all
+
+    s = _session(epochs=2, unfreeze_after=1)
+    body = s.model.body
+    before = {k: v.clone() for k, v in body.state_dict().items()}
+    train_all(s)
+    assert s.stage == "unfrozen" and s.keeps_bn
+    after = body.state_dict()
+    stats = [k for k in before if "running_" in k or "num_batches" in k]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)  # statistics kept
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+    plan = _plan(s, frozen=False, steps_per_epoch=4)  # 120 rows / batch 32
+    f = [plan.factors(step) for step in range(4, 8)]  # the unfrozen epoch
+    assert [b / h for h, b in f] == [0.0, 0.25, 0.5, 0.75]  # backbone lr rises from 0
+    assert f[0][0] == 1.0  # the head's schedule restarts with the stage
+
+    moved = _session(epochs=2, unfreeze_after=1, train_bn=True)
+    mean = moved.model.body.features[1].running_mean.clone()
+    train_all(moved)
+    assert not torch.equal(mean, moved.model.body.features[1].running_mean)
+
+
+def test_head_fit_auto_reports_what_it_chose(cli) -> None:
+    res = cli("finetune", *ARGS, "--epochs", "5", "--unfreeze-after", "3", "--json")
+    assert res.exit_code == 0, res.output
+    m = parse_json(res.stdout)["metrics"]
+    assert m["head_fit_method"] == "lbfgs" and m["head_weight_decay"] > 0
+    assert "chosen on validation" in m["head_fit"]
+    assert m["batchnorm_after_unfreeze"] == "kept its pretrained statistics"
+    assert isinstance(m["unfreeze_helped"], bool) and "unfreez" in m["unfreeze"]
+    rows = RunDir(Path(parse_json(res.stdout)["run_dir"])).read_metrics()
+    assert [(r["epoch"], r["stage"], r["path"]) for r in rows] == [
+        ("3", "frozen", "head-fit"), ("4", "unfrozen", "slow"), ("5", "unfrozen", "slow")]  # fmt: skip
+    text = " ".join(res.stderr.split()) + " ".join(res.stdout.split())
+    assert "Traceback" not in text
+    best = load_checkpoint(Path(parse_json(res.stdout)["run_dir"]) / "checkpoints/best.safetensors")
+    best_acc = max(float(r["val_acc"]) for r in rows)
+    assert best.state["best"]["acc"] == best_acc  # the best-validation weights are kept
+    mlp = cli("finetune", *ARGS, "--head", "mlp", "--hidden", "16", "--json", "-q")
+    assert mlp.exit_code == 0, mlp.output
+    m = parse_json(mlp.stdout)["metrics"]
+    assert m["head_fit_method"] == "early-stopped" and "best at epoch" in m["head_fit"]
+
+
 def test_json_reports_held_out_accuracy_and_artifacts(cli) -> None:
     res = cli("finetune", *ARGS, "--epochs", "2", "--head", "mlp", "--hidden", "16", "--json")
     assert res.exit_code == 0, res.output
@@ -215,7 +260,7 @@ def test_weights_of_another_architecture_exit_2(cli, tmp_path: Path) -> None:
 
 def test_resume_with_another_head_and_nan_keeps_last_checkpoint(cli) -> None:
     assert cli("finetune", *ARGS, "--epochs", "3", "--name", "r", "--stop-after", "1",
-               "-q").exit_code == 0  # fmt: skip
+               "--head-fit", "epochs", "-q").exit_code == 0  # fmt: skip
     res = cli("finetune", "--resume", "--name", "r", "--head", "mlp")
     assert res.exit_code == 2 and "head: checkpoint 'linear', now 'mlp'" in " ".join(
         res.output.split()

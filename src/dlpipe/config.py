@@ -132,6 +132,16 @@ class FinetuneConfig(ConfigBase):
     log: str | None = knob(
         None, "trackers besides metrics.csv: tensorboard, mlflow (comma-separated)"
     )
+    # auto: while frozen on cached features, solve the head instead of counting epochs
+    head_fit: str = knob(
+        "auto",
+        "auto: linear head by L-BFGS (weight decay picked on val), mlp head early-stopped; "
+        "epochs: --epochs passes of --optimizer",
+        choices=("auto", "epochs"),
+    )
+    unfreeze_label_smoothing: float = knob(
+        0.1, "label smoothing once the backbone trains (--unfreeze-after); 0-0.2", lo=0.0, hi=0.5
+    )
 
     @property
     def pretrained(self) -> bool:
@@ -151,6 +161,15 @@ class FinetuneConfig(ConfigBase):
         if self.backbone_lr_mult is not None:
             return self.backbone_lr_mult
         return 0.1 if self.pretrained else 1.0
+
+    @property
+    def staged(self) -> bool:
+        """Frozen first, then unfrozen after --unfreeze-after epochs."""
+        return self.frozen and self.unfreeze_after is not None
+
+    def solves_head(self) -> bool:
+        """Is the frozen head solved (--head-fit auto on cached features) rather than trained?"""
+        return self.head_fit == "auto" and self.frozen and self.cacheable(True)
 
     def cacheable(self, frozen: bool) -> bool:
         """Features can be cached while the backbone is frozen, unaugmented, its BN fixed."""
@@ -215,6 +234,10 @@ class AeConfig(ConfigBase):
     latent: int = knob(32, "bottleneck size; 16-128 (smaller compresses more)", lo=1, hi=65536)
     width: int = knob(32, "channels of the first conv stage, doubled per stage; 16-64", lo=1, hi=1024)  # fmt: skip
     noise: str | None = knob(None, "gaussian:0.3 | saltpepper:0.1 | mask:0.25; None = plain AE")
+    # unet: skips at every scale + residual output (denoising); conv: a compressing latent
+    arch: str | None = knob(
+        None, "unet | conv; None = unet with --noise, conv without", choices=("unet", "conv")
+    )
     loss: str = knob("mse", "per-pixel loss", choices=("mse", "bce"))
     epochs: int = knob(10, "passes over the training images", lo=1)
     batch_size: int = knob(64, "images per step; 32-256", lo=1)
@@ -230,6 +253,14 @@ class AeConfig(ConfigBase):
     log: str | None = knob(
         None, "trackers besides metrics.csv: tensorboard, mlflow (comma-separated)"
     )
+
+    @property
+    def net(self) -> str:
+        """The resolved --arch: a U-Net denoiser with --noise, a compressing conv AE without."""
+        if self.arch is not None:
+            return self.arch
+        off = self.noise is None or str(self.noise).strip().lower() in ("", "none", "off", "0")
+        return "conv" if off else "unet"  # the same "no noise" spellings as parse_noise
 
 
 @dataclass

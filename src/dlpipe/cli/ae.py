@@ -44,7 +44,7 @@ def train(
     data: DataOpt = "mnist5k",
     data_root: DataRootOpt = None,
     latent: Annotated[
-        int, typer.Option("--latent", min=1, max=65536, help="Bottleneck size.")
+        int, typer.Option("--latent", min=1, max=65536, help="Bottleneck size (--arch conv).")
     ] = 32,
     noise: Annotated[
         str | None,
@@ -52,6 +52,16 @@ def train(
             "--noise",
             help="Denoising: corrupt inputs on the fly, clean image as target. gaussian:SIGMA, "
             "saltpepper:SHARE or mask:SHARE (e.g. gaussian:0.3). Default: plain autoencoder.",
+        ),
+    ] = None,
+    arch: Annotated[
+        Literal["unet", "conv"] | None,
+        typer.Option(
+            "--arch",
+            help="unet: skip connections at every scale and a residual output (the denoiser; "
+            "exports --part full only). conv: a compressing autoencoder with a --latent vector "
+            "(exports --part full|encoder|decoder). [default: unet with --noise, conv without]",
+            show_default=False,
         ),
     ] = None,
     loss: Annotated[
@@ -92,8 +102,9 @@ def train(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a convolutional autoencoder (strided-conv encoder, transposed-conv decoder); with
-    --noise a denoising one. Reports PSNR/SSIM on held-out images and the gain over the noisy input.
+    """Train an autoencoder; with --noise a denoising one (a U-Net predicting a residual by
+    default), without it a compressing conv autoencoder (strided-conv encoder, transposed-conv
+    decoder). Reports PSNR/SSIM on held-out images and the gain over the noisy input.
 
     Example: dlpipe ae train --data mnist5k --noise gaussian:0.3 (several processes: add
     --nproc N, or run it under torchrun; --batch-size stays the global batch).

@@ -94,7 +94,12 @@ def finetune(
         ),
     ] = None,  # fmt: skip
     train_bn: Annotated[
-        bool, _O("--train-bn", help="With --freeze: let BatchNorm layers train.")
+        bool,
+        _O(
+            "--train-bn",
+            help="Let BatchNorm layers train (statistics and affine), also after unfreezing "
+            "[default: they keep their pretrained statistics].",
+        ),
     ] = False,  # fmt: skip
     unfreeze_after: Annotated[
         int | None, _O("--unfreeze-after", min=0, help="Unfreeze the backbone after K epochs.")
@@ -125,6 +130,25 @@ def finetune(
     label_smoothing: Annotated[
         float, _O("--label-smoothing", min=0.0, max=0.5, help="Label smoothing.")
     ] = 0.0,  # fmt: skip
+    head_fit: Annotated[
+        Literal["auto", "epochs"],
+        _O(
+            "--head-fit",
+            help="auto: while the backbone is frozen, solve the head on the cached features "
+            "(linear: L-BFGS, weight decay chosen on the validation split; mlp: many epochs, "
+            "early-stopped on validation loss) instead of counting --epochs. epochs: train it "
+            "--epochs passes with --optimizer.",
+        ),
+    ] = "auto",  # fmt: skip
+    unfreeze_label_smoothing: Annotated[
+        float,
+        _O(
+            "--unfreeze-label-smoothing",
+            min=0.0,
+            max=0.5,
+            help="Label smoothing once the backbone trains (after --unfreeze-after).",
+        ),
+    ] = 0.1,  # fmt: skip
     patience: Annotated[
         int | None,
         _O("--patience", min=1, help="Stop after N epochs without validation-loss improvement."),

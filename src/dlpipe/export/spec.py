@@ -47,6 +47,14 @@ def io_spec(
             f"--part {part} does not exist for a {kind} checkpoint.",
             hint=f"Use --part {' or '.join(parts)}.",
         )
+    if kind == "autoencoder" and part != "full" and _ae_net(meta) != "conv":
+        raise BadInput(
+            f"--part {part} does not exist for a U-Net autoencoder: its skip connections carry "
+            "detail past the bottleneck at every scale, so there is no encoder or decoder that "
+            "works alone.",
+            hint="Export it with --part full (the default), or train with --arch conv for "
+            "separable encoder/decoder parts.",
+        )
     io = meta.get("io") or {}
     if part == "full" and io:
         spec = replace(
@@ -62,6 +70,11 @@ def io_spec(
     if softmax:
         spec = replace(spec, output="probabilities", output_kind="probabilities")
     return spec
+
+
+def _ae_net(meta: dict[str, Any]) -> str:
+    """An autoencoder checkpoint's net: "unet" or "conv" (files older than --arch are conv)."""
+    return str((meta.get("arch") or {}).get("net", "conv"))
 
 
 def resolve_checkpoint(ref: str | Path) -> Path:

@@ -5,7 +5,9 @@ Contract every training command follows (export/validate rely on it):
   arguments; the exportable module's weights are in weights group `meta["export_group"]`;
 - `meta["preprocess"]` is a `Preprocess.to_dict()`; `meta["data"]` says how to reopen the data
   and its split (`source`, `data_root`, `fingerprint`, `seed`, `val_fraction`, `test_fraction`);
-- `meta["io"]` names the exported input/output (e.g. {"input": "image", "output": "logits"}).
+- `meta["io"]` names the exported input/output (e.g. {"input": "image", "output": "logits"});
+- an autoencoder's `meta["arch"]["net"]` is "unet" (models/unet.py, exports whole) or "conv"
+  (models/autoencoder.py, with encoder/decoder parts; files without "net" are conv).
 """
 
 from __future__ import annotations

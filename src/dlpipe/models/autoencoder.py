@@ -91,13 +91,33 @@ class AutoEncoder(nn.Module):
         self.encoder = Encoder(latent, image_size, channels, width)
         self.decoder = Decoder(latent, image_size, channels, width, output)
 
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's linear output (the training loss is computed on it)."""
+        return self.decoder.raw(self.encoder(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct images."""
         return self.decoder(self.encoder(x))
 
 
-def build_autoencoder(arch: dict[str, Any]) -> AutoEncoder:
-    """An autoencoder from the checkpoint's `arch` dict (random weights)."""
+NETS = ("unet", "conv")
+
+
+def build_autoencoder(arch: dict[str, Any]) -> nn.Module:
+    """An autoencoder from the checkpoint's `arch` dict (random weights): arch["net"] is "unet"
+    (a U-Net denoiser, models/unet.py) or "conv" (this module; the default of older files)."""
+    net = arch.get("net", "conv")
+    if net == "unet":
+        from .unet import build_unet
+
+        return build_unet(arch)
+    if net != "conv":
+        from ..errors import BadInput
+
+        raise BadInput(
+            f"Autoencoder net {net!r} is unknown to this dlpipe.",
+            hint=f"Known: {', '.join(NETS)}; was the checkpoint written by a newer dlpipe?",
+        )
     return AutoEncoder(
         latent=int(arch["latent"]),
         image_size=int(arch["image_size"]),
@@ -107,6 +127,6 @@ def build_autoencoder(arch: dict[str, Any]) -> AutoEncoder:
     )
 
 
-def build_from_meta(meta: dict[str, Any]) -> AutoEncoder:
+def build_from_meta(meta: dict[str, Any]) -> nn.Module:
     """The exportable autoencoder a checkpoint describes (weights: meta["export_group"])."""
     return build_autoencoder(meta["arch"]).eval()

@@ -81,7 +81,10 @@ def lr_factor(
     return 1.0
 
 
-def apply_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
-    """Set each group's lr to its base lr times `factor`."""
-    for group, base in zip(optimizer.param_groups, base_lrs, strict=False):
-        group["lr"] = base * factor
+def apply_lr(
+    optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float | list[float]
+) -> None:
+    """Set each group's lr to its base lr times `factor` (one for all, or one per group)."""
+    factors = factor if isinstance(factor, list) else [factor] * len(base_lrs)
+    for group, base, f in zip(optimizer.param_groups, base_lrs, factors, strict=False):
+        group["lr"] = base * f

@@ -1,7 +1,9 @@
-"""`dlpipe ae train`: a convolutional (denoising) autoencoder, top to bottom.
+"""`dlpipe ae train`: a (denoising) autoencoder, top to bottom.
 
 Stage function: `train_autoencoder(AeConfig, run_dir) -> {"run_dir", "artifacts", "metrics"}`.
-With `noise`, each batch is corrupted on the fly and the clean image is the target.
+With `noise`, each batch is corrupted on the fly and the clean image is the target, and the model
+is a U-Net predicting a residual (models/unet.py) unless `arch="conv"` asks for the compressing
+autoencoder (models/autoencoder.py), the default without noise.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ def train_autoencoder(
 
     if cfg.loss not in ("mse", "bce"):
         raise BadInput(f"--loss {cfg.loss!r} is not known.", hint="Use mse or bce.")
+    if cfg.arch not in (None, "unet", "conv"):
+        raise BadInput(f"--arch {cfg.arch!r} is not known.", hint="Use unet or conv.")
     noise = parse_noise(cfg.noise)
     out = out or quiet()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+    if resume and cfg.arch is None:  # a run from before --arch: keep the net it was built with
+        cfg.arch = _saved_net(run)
     seed_everything(cfg.seed, cfg.deterministic)
     ctx, device = setup(cfg.device)
     accel = Accel.create(cfg.amp, cfg.compile, device)
@@ -54,3 +60,13 @@ def train_autoencoder(
     started = time.perf_counter()
     run_epochs(state, train, val, data, run, out)
     return on_main(lambda: final_outputs(state, data, run, out, time.perf_counter() - started), ctx)
+
+
+def _saved_net(run: RunDir) -> str | None:
+    """The autoencoder net of the run's last checkpoint (conv for files older than --arch)."""
+    from ...checkpoint import load_checkpoint
+
+    path = run.checkpoint("last")
+    if not path.exists():
+        return None  # resume explains that there is nothing to resume
+    return str(load_checkpoint(path).meta.get("arch", {}).get("net", "conv"))

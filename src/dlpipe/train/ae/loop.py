@@ -20,7 +20,8 @@ from ...checkpoint_meta import CheckpointMeta
 from ...config import AeConfig
 from ...distributed import DistContext, all_reduce_sum
 from ...errors import CheckFailed
-from ...models.autoencoder import AutoEncoder, build_autoencoder
+from ...models.autoencoder import build_autoencoder
+from ...models.unet import unet_depth
 from ...plots import plot_curves
 from ...runs import RunDir
 from ...runtime import rng_state, set_rng_state
@@ -40,7 +41,7 @@ class AeState:
     arch: dict[str, Any]
     device: Any
     noise: tuple[str, float] | None
-    model: AutoEncoder
+    model: torch.nn.Module  # AutoEncoder (conv) or UNet
     opt: torch.optim.Optimizer
     epoch: int = 0
     step: int = 0
@@ -80,10 +81,14 @@ class AeState:
     ) -> AeState:
         """A fresh autoencoder sized to the data, with Adam, and its training view."""
         arch = {
-            "latent": cfg.latent, "image_size": data.image_size,
+            "net": cfg.net, "image_size": data.image_size,
             "channels": data.channels, "width": cfg.width,
             "output": "sigmoid" if cfg.loss == "bce" else "clamp",
         }  # fmt: skip
+        if cfg.net == "conv":
+            arch["latent"] = cfg.latent
+        else:
+            arch["depth"] = unet_depth(data.image_size)  # informative; rebuilt from image_size
         model = build_autoencoder(arch).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         ctx, accel = ctx or DistContext(), accel or Accel(device)
@@ -102,6 +107,12 @@ class AeState:
         self.acc.load_state(ck.state.get("scalers"))
         set_rng_state(ck.state["rng"])
 
+    @property
+    def io(self) -> dict[str, str]:
+        """Exported names; only the conv AE has a latent (and encoder/decoder parts)."""
+        io = {"input": "image", "output": "reconstruction"}
+        return io | ({"latent": "latent"} if self.arch.get("net", "conv") == "conv" else {})
+
     def save(self, path: Path, data: ImageData | None = None) -> Path:
         """Atomically write weights (group "model"), optimizer, RNG and the contract's meta."""
         data = data or self.data
@@ -109,7 +120,7 @@ class AeState:
         meta = CheckpointMeta(
             command="ae", kind="autoencoder", arch=self.arch, export_group="model",
             preprocess=data.preprocess.to_dict(),
-            io={"input": "image", "output": "reconstruction", "latent": "latent"},
+            io=self.io,
             data=data.data_meta, metrics=self.metrics, config=asdict(self.cfg),
             extra={"noise": self.cfg.noise},
         ).to_dict()  # fmt: skip

@@ -21,8 +21,8 @@ NOISE_KINDS = {
 
 
 class RawOutput(torch.nn.Module):
-    """The autoencoder as training calls it: image -> the decoder's linear output (the loss is
-    computed on it). A module of its own so that DDP's forward hooks see the training call; it
+    """The autoencoder as training calls it: image -> the output before the [0, 1] map (the loss
+    is computed on it). A module of its own so that DDP's forward hooks see the training call; it
     holds no parameters of its own, so `model` stays the plain module checkpoints store."""
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -30,8 +30,8 @@ class RawOutput(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """decoder.raw(encoder(x))."""
-        return self.model.decoder.raw(self.model.encoder(x))
+        """model.raw(x): the conv AE's decoder.raw(encoder(x)), or the U-Net's input + residual."""
+        return self.model.raw(x)
 
 
 def parse_noise(spec: str | None) -> tuple[str, float] | None:

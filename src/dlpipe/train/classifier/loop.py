@@ -44,11 +44,20 @@ def set_frozen(model: nn.Module, frozen: bool, train_bn: bool = False) -> None:
                     p.requires_grad = True
 
 
-def train_mode(model: nn.Module, frozen: bool, train_bn: bool = False) -> None:
-    """model.train(), except a frozen backbone stays in eval mode so BatchNorm statistics hold still."""
+def train_mode(
+    model: nn.Module, frozen: bool, train_bn: bool = False, keep_bn: bool = False
+) -> None:
+    """model.train(), except a frozen backbone stays in eval mode so BatchNorm statistics hold still;
+    with `keep_bn` (an unfrozen pretrained backbone) its BatchNorm layers alone stay in inference
+    mode: they normalise with the pretrained statistics and never update them (requires_grad does
+    not stop a BatchNorm in train mode from moving its running statistics)."""
     model.train()
     if frozen and not train_bn:
         model.body.eval()
+    elif keep_bn and not train_bn:
+        for m in model.body.modules():
+            if isinstance(m, _BN):
+                m.eval()
 
 
 @dataclass
@@ -141,6 +150,15 @@ class StepPlan:
     seed: int
     batch_size: int
     lbfgs: bool = False
+    start: int = 0  # first step of this stage: its schedule runs from here to `total`
+    body_warmup: int = 0  # steps over which the backbone's lr rises from 0 (after an unfreeze)
+
+    def factors(self, step: int) -> list[float]:
+        """lr multiplier of each parameter group (head, backbone) at global `step`."""
+        f = lr_factor(self.scheduler, step - self.start, self.total - self.start, self.warmup)
+        if not self.body_warmup:
+            return [f] * len(self.base_lrs)
+        return [f, f * min(1.0, (step - self.start) / self.body_warmup)]
 
 
 def train_epoch(
@@ -164,7 +182,7 @@ def train_epoch(
     total_loss, correct, seen = 0.0, 0, 0
     for k, idx in enumerate(epoch_order(len(source), plan.batch_size, plan.seed, plan.epoch)):
         step = plan.step0 + k
-        apply_lr(optimizer, plan.base_lrs, lr_factor(plan.scheduler, step, plan.total, plan.warmup))
+        apply_lr(optimizer, plan.base_lrs, plan.factors(step))
         n = len(idx)
         draws = source.draws(n, gen)
         if n < min_global or n // ctx.world_size < min_local:

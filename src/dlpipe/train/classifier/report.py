@@ -60,6 +60,7 @@ def finish(s: Session) -> dict[str, Any]:
         "processes": s.ctx.world_size, "amp": s.accel.amp if s.accel else "off",
         "per_class_acc": ho["per_class"], "seconds": round(time.perf_counter() - s.started, 2),
     }  # fmt: skip
+    metrics |= recipe_notes(s, rows)
     last = rows[-1] if rows else {}
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         if key in last:
@@ -76,6 +77,37 @@ def finish(s: Session) -> dict[str, Any]:
     summary(s, metrics, artifacts)
     return {"run_dir": str(s.run.path), "artifacts": artifacts, "metrics": metrics,
             "backbone": s.info, "weights": s.weights}  # fmt: skip
+
+
+def recipe_notes(s: Session, rows: list[dict[str, str]]) -> dict[str, Any]:
+    """What the recipe chose: the head fit, BatchNorm after the unfreeze, and whether unfreezing
+    beat the frozen head (if not, the frozen stage's checkpoint stays "best": it is the one
+    evaluated here and the one `dlpipe export` takes)."""
+    notes: dict[str, Any] = {}
+    if s.head_fit:
+        notes["head_fit"] = s.head_fit["how"]
+        notes["head_fit_method"] = s.head_fit["method"]
+        if "weight_decay" in s.head_fit:
+            notes["head_weight_decay"] = s.head_fit["weight_decay"]
+    if not s.cfg.staged:
+        return notes
+    notes["batchnorm_after_unfreeze"] = (
+        "kept its pretrained statistics"
+        if s.keeps_bn
+        else "trained on batch statistics (--train-bn)"
+    )
+    best = {st: max((float(r["val_acc"]) for r in rows if r.get("stage") == st), default=None)
+            for st in ("frozen", "unfrozen")}  # fmt: skip
+    if best["frozen"] is not None and best["unfrozen"] is not None:
+        helped = best["unfrozen"] > best["frozen"]
+        notes["unfreeze_helped"] = helped
+        notes["unfreeze"] = (
+            f"unfreezing raised val acc {best['frozen']:.4f} -> {best['unfrozen']:.4f}"
+            if helped else
+            f"unfreezing did not beat the frozen head (val acc {best['unfrozen']:.4f} vs "
+            f"{best['frozen']:.4f}): the frozen stage's checkpoint is kept as best and exported"
+        )  # fmt: skip
+    return notes
 
 
 def _rewrite_metrics(s: Session, name: str, metrics: dict[str, Any]) -> None:
@@ -105,6 +137,10 @@ def summary(s: Session, metrics: dict[str, Any], artifacts: dict[str, str]) -> N
     t.add_row("training", f"{metrics['epochs_run']} epochs, stage {s.stage}"
               f"{'' if s.cfg.pretrained else ' (from scratch)'}, features "
               f"{metrics['feature_cache']}, {metrics['seconds']} s")  # fmt: skip
+    for key, label in (("head_fit", "head fit"), ("batchnorm_after_unfreeze", "BatchNorm"),
+                       ("unfreeze", "unfreeze")):  # fmt: skip
+        if key in metrics:
+            t.add_row(label, str(metrics[key]))
     t.add_row("best val acc", f"{metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']})")
     t.add_row(f"held-out acc ({metrics['held_out_split']}, n={metrics['held_out_size']})",
               f"[bold]{metrics['held_out_acc']:.4f}[/]")  # fmt: skip

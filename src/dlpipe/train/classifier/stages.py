@@ -56,6 +56,7 @@ def save(s: Session, name: str, metrics: dict[str, Any] | None = None) -> None:
         "optimizer_name": s.cfg.optimizer,
         "rng": rng_state(),
         "best": s.best,
+        "head_fit": s.head_fit,
         "scalers": s.accel.state() if s.accel is not None else {},
     }
     path, weights = s.run.checkpoint(name), {"model": s.model.state_dict()}
@@ -81,13 +82,11 @@ def train_all(s: Session) -> None:
 
 
 def _train_epochs(s: Session) -> None:
-    """Run the remaining epochs; stop early on patience, fail clearly on a non-finite loss."""
+    """Run the remaining epochs; stop early on patience, fail clearly on a non-finite loss. With
+    --head-fit auto the frozen stage is one head fit (headfit.py) instead of epochs."""
     c = s.cfg
     steps_per_epoch = math.ceil(len(s.data.train) / c.batch_size)
-    total = steps_per_epoch * c.epochs
-    warmup = int(round(c.warmup_epochs * steps_per_epoch))
     ce = nn.CrossEntropyLoss()
-    train_loss = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
     ran = 0
     while s.epoch < c.epochs and s.stopped is None:
         if c.stop_after is not None and ran >= c.stop_after:
@@ -95,21 +94,83 @@ def _train_epochs(s: Session) -> None:
         frozen = s.frozen_at(s.epoch)
         if not frozen and s.stage == "frozen" and c.frozen:
             s.unfreeze()
-        src, module = s.source("train", frozen, collective=True)
-        view = s.training_module(module)
-        plan = StepPlan(s.epoch, s.global_step, total, warmup, c.scheduler, s.base_lrs, c.seed,
-                        c.batch_size, c.optimizer == "lbfgs")  # fmt: skip
         t0 = time.perf_counter()
-        train_mode(s.model, frozen, c.train_bn)
-        try:
-            row = _one_epoch(s, view, module, src, ce, train_loss, plan, frozen)
-        except NanLoss as exc:
-            _nan_failure(s, exc)
+        if frozen and c.solves_head():
+            row = _fit_head(s, ce)
+        else:
+            row = _train_one_epoch(s, frozen, steps_per_epoch, ce)
         row["seconds"] = time.perf_counter() - t0
-        s.epoch += 1
-        s.global_step += steps_per_epoch
+        s.global_step = s.epoch * steps_per_epoch  # the schedule's position after a fit, too
         ran += 1
         _end_epoch(s, row)
+
+
+def _train_one_epoch(s: Session, frozen: bool, steps_per_epoch: int, ce: nn.Module) -> dict:
+    """One epoch of the current stage through its training view; returns its metrics row."""
+    c = s.cfg
+    src, module = s.source("train", frozen, collective=True)
+    view = s.training_module(module)
+    smoothing = c.label_smoothing if frozen or not c.staged else c.unfreeze_label_smoothing
+    train_loss = nn.CrossEntropyLoss(label_smoothing=smoothing)
+    train_mode(s.model, frozen, c.train_bn, keep_bn=s.keeps_bn)
+    try:
+        row = _one_epoch(s, view, module, src, ce, train_loss, _plan(s, frozen, steps_per_epoch),
+                         frozen)  # fmt: skip
+    except NanLoss as exc:
+        _nan_failure(s, exc)
+    s.epoch += 1
+    return row
+
+
+def _plan(s: Session, frozen: bool, steps_per_epoch: int) -> StepPlan:
+    """The lr plan of this epoch's stage. A staged run gives each stage its own schedule; after
+    the unfreeze the backbone's lr rises from 0 over an epoch (or --warmup-epochs if longer)."""
+    c = s.cfg
+    end = steps_per_epoch * c.epochs
+    warmup = int(round(c.warmup_epochs * steps_per_epoch))
+    start, body_warmup = 0, 0
+    if c.staged:
+        cut = steps_per_epoch * min(int(c.unfreeze_after or 0), c.epochs)
+        if frozen:
+            end = cut
+        else:
+            start, body_warmup = cut, max(steps_per_epoch, warmup)
+            warmup = 0  # the head is trained already: it continues at its lr
+    return StepPlan(s.epoch, s.global_step, end, warmup, c.scheduler, s.base_lrs, c.seed,
+                    c.batch_size, c.optimizer == "lbfgs", start, body_warmup)  # fmt: skip
+
+
+def _fit_head(s: Session, ce: nn.Module) -> dict[str, Any]:
+    """The whole frozen stage as one head fit on cached features (rank 0 solves, every rank
+    gets the head); the epoch count jumps to the stage's end. Returns its metrics row."""
+    from .headfit import broadcast_head, fit_linear_head, fit_mlp_head, seeded
+
+    c = s.cfg
+    end = min(int(c.unfreeze_after), c.epochs) if c.staged else c.epochs
+    train = s.feature_source("train", collective=True)
+    info, row = None, {"train_loss": math.nan, "train_acc": math.nan}
+    row |= {"val_loss": math.nan, "val_acc": math.nan}
+    if s.ctx.is_main:
+        val = s.feature_source("val") if len(s.data.val) else None
+        head = s.model.head
+        with seeded(c.seed + 7919, s.device):  # leaves the run's random stream as it was
+            if c.head == "linear":
+                info = fit_linear_head(head, train, val, len(s.data.ds.class_names))
+            else:
+                with _threads(1):
+                    info = fit_mlp_head(head, train, val, c.lr, c.weight_decay, c.batch_size,
+                                        c.seed, c.optimizer)  # fmt: skip
+        head.eval()
+        tr, _ = evaluate(head, train, ce)
+        va = evaluate(head, val, ce)[0] if val is not None else tr  # as epochs do without val
+        row |= {"train_loss": tr["loss"], "train_acc": tr["acc"]}
+        row |= {"val_loss": va["loss"], "val_acc": va["acc"]}
+        s.out.print(f"head fit: {info['how']}")
+    broadcast_head(s.model.head, s.ctx)
+    s.head_fit = from_main(info, s.ctx)
+    s.log(f"head fit: {s.head_fit['how']}")
+    s.epoch = end
+    return {"epoch": end, "stage": "frozen", "path": "head-fit", **row, "lr": 0.0}
 
 
 def _one_epoch(s: Session, view: nn.Module, module: nn.Module, src: Any, ce: nn.Module,
