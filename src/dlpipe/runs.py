@@ -16,6 +16,7 @@ from typing import Any
 
 from .atomic import write_text
 from .errors import BadInput
+from .locks import LOCK_NAME, lock
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -154,6 +155,7 @@ def create_run_dir(
             hint="Use letters, digits, '.', '_' and '-' (no slashes or spaces).",
         )
     path = base / name
+    existed = path.is_dir()
     if not exist_ok:
         n = 2
         while path.exists():
@@ -167,6 +169,10 @@ def create_run_dir(
             f"Cannot create the run folder {path}: {exc.strerror}.",
             hint="Choose a writable place with --runs-dir.",
         ) from None
+    lock(path)  # one writer per run folder
+    if exist_ok and existed:  # a fresh run in an old folder starts its metrics and samples over
+        (path / "metrics.csv").unlink(missing_ok=True)
+        shutil.rmtree(path / "samples", ignore_errors=True)
     return RunDir(path)
 
 
@@ -200,6 +206,7 @@ def run_to_resume(command: str, name: str | None, runs_dir: str | Path, display:
             f"--resume: no checkpoint to continue from in {run.path if run else base}.",
             hint=f"Pass --name of an existing run (see {base}/), or drop --resume.",
         )
+    lock(run.path)
     made_by = read_meta(run.checkpoint("last")).get("command")
     if made_by != command:
         raise BadInput(
@@ -221,6 +228,10 @@ def tidy_on_failure(run: RunDir) -> Iterator[None]:
         yield
     except BaseException:
         path = run.path
-        if env_rank() == 0 and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        if (
+            env_rank() == 0
+            and path.is_dir()
+            and not any(p.is_file() and p.name != LOCK_NAME for p in path.rglob("*"))
+        ):
             shutil.rmtree(path, ignore_errors=True)
         raise

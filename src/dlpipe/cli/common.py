@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..console import Output  # noqa: F401 - re-exported for the commands
 from ..distributed import env_rank
-from ..errors import DlpipeError, NotImplementedYet
+from ..errors import EXIT_INTERNAL, DlpipeError, NotImplementedYet
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,23 +136,94 @@ ResumeOpt = Annotated[
 
 
 def command(func: F) -> F:
-    """Turn DlpipeError into one paragraph on stderr and its exit code; Ctrl-C into exit 130."""
+    """The one error boundary of a command: DlpipeError -> its paragraph and exit code, Ctrl-C ->
+    130, SIGTERM -> 143, anything else -> "internal error" (exit 70, traceback in crash.log)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+
+        from .. import locks
+        from ..train import interrupt
+
+        mark = locks.mark()
+        interrupt.reset()
         try:
-            return func(*args, **kwargs)
+            with interrupt.sigterm_as_interrupt():
+                return func(*args, **kwargs)
         except DlpipeError as exc:  # under torchrun, rank 0 speaks for all ranks
-            Console(stderr=True, highlight=False, quiet=env_rank() != 0).print(
-                f"[bold red]error:[/] {exc.paragraph()}", soft_wrap=True
-            )
+            _say(f"[bold red]error:[/] {escape(exc.paragraph())}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            Console(stderr=True, quiet=env_rank() != 0).print("[yellow]interrupted[/]")
+            if interrupt.stopped_by() == signal.SIGTERM:
+                _say("[yellow]terminated[/] (SIGTERM)")
+                raise typer.Exit(128 + signal.SIGTERM) from None
+            _say("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: one paragraph here, the traceback in a file
+            log = _write_crash_log(func.__name__, locks.current_run())
+            where = f"the full traceback is in {log}" if log else "no crash log could be written"
+            _say(
+                f"[bold red]internal error in {escape(_command_name(func))}:[/] "
+                f"{escape(type(exc).__name__)}: {escape(_one_line(str(exc)))}. This is a bug in "
+                f"dlpipe, not in your input; {escape(where)}. Please report it with that file."
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+        finally:
+            locks.release_since(mark)
 
     wrapper.__doc__ = reflow(func.__doc__)
     return wrapper  # type: ignore[return-value]
+
+
+def _say(markup: str) -> None:
+    """One paragraph on stderr; under torchrun only rank 0 prints it."""
+    Console(stderr=True, highlight=False, quiet=env_rank() != 0).print(markup, soft_wrap=True)
+
+
+def _command_name(func: Callable[..., Any]) -> str:
+    """`gan train` for dlpipe.cli.gan.train, `export` for dlpipe.cli.onnx.export."""
+    group = func.__module__.rsplit(".", 1)[-1]
+    name = func.__name__.rstrip("_").replace("_", "-")
+    return f"{group} {name}" if group in ("gan", "ae", "data", "weights") else name
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split()) or "(no message)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cache_dir() -> Path:
+    """$DLPIPE_CACHE_DIR, else ~/.cache/dlpipe (the home of crash logs without a run folder)."""
+    env = os.environ.get("DLPIPE_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "dlpipe"
+
+
+def _write_crash_log(name: str, run: Path | None) -> Path | None:
+    """Write the current exception's traceback to RUN/crash.log (or the cache dir); its path."""
+    import datetime
+    import sys
+    import traceback
+
+    from .. import __version__
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    text = (
+        f"dlpipe {__version__}, {stamp} UTC, pid {os.getpid()}, python {sys.version.split()[0]}\n"
+        f"argv: {sys.argv}\n\n{traceback.format_exc()}"
+    )
+    places = [run / "crash.log"] if run is not None else []
+    places.append(cache_dir() / "crash" / f"crash-{stamp}-{os.getpid()}.log")
+    for place in places:
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            place.write_text(text, encoding="utf-8")
+            return place
+        except OSError:
+            continue
+    return None
 
 
 def launch_if_asked(ctx: typer.Context, nproc: int, device: str = "auto") -> None:

@@ -19,7 +19,8 @@ from typing import Any
 
 from .. import __version__
 from ..atomic import write_text
-from ..errors import BadInput, CheckFailed, DlpipeError
+from ..errors import EXIT_INTERNAL, BadInput, CheckFailed, DlpipeError
+from ..locks import lock
 from .spec import REF, Pipeline, Stage, command_for, option_param, stage_argv
 
 # Metrics shown in the summary table when a stage reports them (in this order).
@@ -116,10 +117,21 @@ def state_dir(pipeline: Pipeline) -> Path:
 
 
 def _load_state(path: Path) -> dict[str, Any]:
+    """The pipeline's state; junk there is refused (treating it as empty would re-run every stage
+    and silently start trained stages over)."""
+    if not path.exists():
+        return {}
     try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}  # an unreadable state only costs re-running stages, never a wrong skip
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        state = exc
+    if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+        raise BadInput(
+            f"{path} is not a pipeline state file (truncated, damaged or not a JSON object of "
+            "stages).",
+            hint=f"Delete {path} to run every stage again (finished runs stay on disk).",
+        )
+    return state
 
 
 def _selected(pipeline: Pipeline, only: str | None, start: str | None) -> list[Stage]:
@@ -161,6 +173,8 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run (or plan, with dry_run) the selected stages; returns the summary written to summary.json."""
     folder = state_dir(pipeline)
+    if not dry_run:
+        lock(folder, "pipeline", "Pipeline state folder")  # one `dlpipe run` per pipeline
     state = _load_state(folder / "state.json")
     results = {name: s.get("result") for name, s in state.items() if s.get("status") == "ok"}
     fps = {name: s.get("fingerprint", "") for name, s in state.items()}
@@ -225,7 +239,7 @@ def run_pipeline(
                 hint=f"Fix the cause shown above, then run `dlpipe run {pipeline.path}` again to continue from "
                 f"{stage.name!r} (finished stages are skipped).",
             )
-            error.exit_code = code if code in (1, 2, 3) else 1
+            error.exit_code = code if code in (1, 2, 3, EXIT_INTERNAL) else 1
             error.summary = summary  # type: ignore[attr-defined]
             raise error
     return _write_summary(folder, pipeline, rows, write=not dry_run)

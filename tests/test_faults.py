@@ -1,0 +1,153 @@
+"""Faults and bugs at the CLI boundary: internal errors (exit 70 + crash.log), run-folder locks,
+SIGTERM, and restarting a run folder's metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from dlpipe.cli.common import command
+from dlpipe.errors import EXIT_INTERNAL
+
+
+def _app(fn) -> typer.Typer:  # noqa: ANN001 - a command function
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.command()(command(fn))
+    app.command("noop")(lambda: None)  # two commands: the first is invoked by name
+    return app
+
+
+def _run(app: typer.Typer, *argv: str):  # noqa: ANN202 - a click Result
+    return CliRunner().invoke(app, list(argv), catch_exceptions=False)
+
+
+def test_a_bug_is_one_paragraph_exit_70_and_a_crash_log_in_the_cache(tmp_path) -> None:
+    def boom() -> None:
+        {}["missing key"]  # noqa: B018 - a bug, as a user would meet it
+
+    res = _run(_app(boom), "boom")
+    assert res.exit_code == EXIT_INTERNAL == 70
+    text = " ".join(res.stderr.split())
+    assert "Traceback" not in text
+    assert "internal error in boom: KeyError: 'missing key'" in text
+    logs = list((tmp_path / ".cache" / "dlpipe" / "crash").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in res.stderr
+    log = logs[0].read_text()
+    assert "Traceback (most recent call last)" in log and "KeyError: 'missing key'" in log
+
+
+def test_a_bug_during_a_run_leaves_its_crash_log_in_the_run_folder() -> None:
+    from dlpipe.runs import create_run_dir
+
+    def train() -> None:
+        create_run_dir("ae", "x", "runs")
+        raise ValueError("shapes do not match")
+
+    res = _run(_app(train), "train")
+    assert res.exit_code == 70
+    assert Path("runs/ae/x/crash.log").is_file()
+    assert "runs/ae/x/crash.log" in "".join(res.stderr.split())
+    assert "ValueError: shapes do not match" in Path("runs/ae/x/crash.log").read_text()
+    assert not Path("runs/ae/x/.lock").exists()  # the command's lock went with it
+
+
+def test_dlpipe_errors_and_usage_errors_keep_their_codes() -> None:
+    from dlpipe.errors import EnvironmentProblem
+
+    def env() -> None:
+        raise EnvironmentProblem("no [bold]GPU[/bold] here.")
+
+    res = _run(_app(env), "env")
+    assert res.exit_code == 3
+    assert "no [bold]GPU[/bold] here." in res.stderr  # markup in messages is shown, not applied
+    res = _run(_app(env), "env", "--nope")
+    assert res.exit_code == 2
+
+
+def test_a_run_folder_has_one_writer_at_a_time(tmp_path) -> None:
+    from dlpipe.errors import BadInput
+    from dlpipe.locks import LOCK_NAME, lock, mark, release_since
+
+    folder = tmp_path / "runs" / "ae" / "x"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dlpipe.locks import lock; "
+         "lock(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(folder)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(BadInput) as err:
+            lock(folder)
+        assert f"in use by process {holder.pid}" in err.value.paragraph()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: its lock file is stale and is taken over
+    assert (folder / LOCK_NAME).exists()
+    here = mark()
+    lock(folder)
+    assert (folder / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+    release_since(here)
+    assert not (folder / LOCK_NAME).exists()
+
+
+def test_two_runs_with_one_name_do_not_interleave(cli, tmp_path) -> None:
+    """A second `--exist-ok` run of a folder in use is refused (exit 2) and writes nothing there."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from dlpipe.locks import lock; "
+         "lock('runs/ae/x'); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        res = cli("ae", "train", "--data", "digits", "--name", "x", "--exist-ok", "--epochs", "1",
+                  "--limit", "32", "--device", "cpu", "-q")  # fmt: skip
+        assert res.exit_code == 2
+        assert f"Run folder runs/ae/x is in use by process {holder.pid}" in " ".join(
+            res.stderr.split()
+        )
+        assert sorted(p.name for p in Path("runs/ae/x").iterdir()) == [".lock", "checkpoints"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_exist_ok_restarts_metrics_instead_of_appending(cli) -> None:
+    argv = ["ae", "train", "--data", "digits", "--width", "4", "--latent", "4", "--epochs", "1",
+            "--batch-size", "16", "--limit", "48", "--device", "cpu", "-q", "--name", "m"]  # fmt: skip
+    assert cli(*argv).exit_code == 0
+    res = cli(*argv, "--exist-ok")
+    assert res.exit_code == 0, res.output
+    rows = Path("runs/ae/m/metrics.csv").read_text().splitlines()
+    assert len(rows) == 2, rows  # header + one epoch, not two runs' epochs
+    assert not Path("runs/ae/m/.lock").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_during_training_saves_and_exits_143(tmp_path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dlpipe", "ae", "train", "--data", "digits", "--width", "4",
+         "--latent", "4", "--epochs", "200", "--batch-size", "8", "--device", "cpu",
+         "--name", "t", "-q"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    metrics = Path("runs/ae/t/metrics.csv")
+    while not metrics.exists() and time.time() < deadline:  # one epoch done: mid-training now
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    text = " ".join(err.split())
+    assert "Traceback" not in text
+    assert "checkpoint saved to runs/ae/t/checkpoints/last.safetensors" in text
+    assert "dlpipe ae train --resume --name t" in text and "terminated" in text
