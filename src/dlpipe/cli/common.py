@@ -13,9 +13,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..atomic import free_space, is_disk_full
 from ..console import Output  # noqa: F401 - re-exported for the commands
 from ..distributed import env_rank
-from ..errors import EXIT_INTERNAL, DlpipeError, NotImplementedYet
+from ..errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, DlpipeError, NotImplementedYet
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -163,6 +164,15 @@ def command(func: F) -> F:
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug: one paragraph here, the traceback in a file
+            if is_disk_full(exc):  # not a bug: a full disk anywhere is exit 3 with the path
+                where = exc.filename or "a file"
+                _say(
+                    f"[bold red]error:[/] Cannot write {escape(str(where))}: "
+                    f"{escape(exc.strerror or str(exc))} ({free_space(where if exc.filename else '.')} "
+                    "free there). Files written before are unchanged. Free some space (or choose "
+                    "another --runs-dir / --out) and run it again."
+                )
+                raise typer.Exit(EXIT_ENVIRONMENT) from None
             log = _write_crash_log(func.__name__, locks.current_run())
             where = f"the full traceback is in {log}" if log else "no crash log could be written"
             _say(

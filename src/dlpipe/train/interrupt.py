@@ -114,14 +114,16 @@ def save_or_explain(save: Callable[[], Path], path: Path) -> Path:
     """Run a checkpoint save; a failed write (disk full, folder gone) becomes one clear error."""
     import errno
 
+    from ..atomic import free_space
     from ..errors import BadInput, EnvironmentProblem
 
     try:
         return save()
     except OSError as exc:  # the atomic write left the previous checkpoint whole
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        space = f" ({free_space(path)} free there)" if full else ""
         raise (EnvironmentProblem if full else BadInput)(
-            f"Cannot write checkpoint {path}: {exc.strerror or exc}. The previous checkpoint "
-            "there (if any) is unchanged.",
+            f"Cannot write checkpoint {path}: {exc.strerror or exc}{space}. The previous "
+            "checkpoint there (if any) is unchanged.",
             hint="Free some disk space or choose a writable --runs-dir, then continue with --resume.",
         ) from None

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...atomic import atomic_path
+from ...atomic import atomic_path, optional_write
 from ...data import Preprocess
 from ...data.arrays import decode_workers, decoded_batches
 from ...data.sources import ImageDataset
@@ -202,8 +202,8 @@ def cached_features(
         else:
             feats = extract(body, ds, indices, preprocess, device, batch_size, progress, accel)
         labels, info = _labels_and_info(ds, indices, split, weights_hash)
-        if ctx.is_main:
-            save(path, feats, labels, info)
+        if ctx.is_main:  # the cache is optional: an unwritable one is a warning
+            optional_write(lambda: save(path, feats, labels, info), path, "feature cache")
         hit, how = (feats, labels), "computed-sharded" if ctx.enabled else "computed"
     assert hit is not None
     _remember(key, hit)
