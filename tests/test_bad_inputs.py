@@ -315,3 +315,46 @@ def test_disk_full_inside_safetensors_is_exit_3_with_the_path(monkeypatch) -> No
     assert f"Cannot write checkpoint {path}: No space left on device (" in text
     assert "free there" in text
     assert not list(Path("c").glob("*"))  # no temp file left
+
+
+def _meta_json(edit):  # noqa: ANN001, ANN202 - edit(meta dict) -> new JSON-able value
+    def apply(model) -> None:  # noqa: ANN001 - an onnx.ModelProto
+        import json
+
+        for prop in model.metadata_props:
+            if prop.key == "dlpipe":
+                prop.value = json.dumps(edit(json.loads(prop.value)))
+
+    return apply
+
+
+def _rename_input(model) -> None:  # noqa: ANN001 - an onnx.ModelProto
+    old = model.graph.input[0].name
+    model.graph.input[0].name = "renamed"
+    for node in model.graph.node:
+        node.input[:] = ["renamed" if i == old else i for i in node.input]
+
+
+@pytest.mark.parametrize(
+    ("edit", "phrase"),
+    [
+        (_meta_json(lambda m: [m]), "the dlpipe metadata is a JSON list, not an object"),
+        (_meta_json(lambda m: {**m, "input": "image"}), "has no input description"),
+        (_meta_json(lambda m: {**m, "preprocess": {**m["preprocess"], "resize": 10**6}}),
+         "asks for preprocess resize = 1000000, not 1..8192"),
+        (_rename_input, "names the input 'image', but the graph's inputs are ['renamed']"),
+    ],
+    ids=["meta-list", "input-string", "resize-1e6", "renamed-input"],
+)  # fmt: skip
+def test_tampered_onnx_metadata_is_refused_by_predict(cli, made, edit, phrase) -> None:
+    import onnx
+    from PIL import Image
+
+    model = onnx.load(str(made / "m.onnx"))
+    assert [p.key for p in model.metadata_props if p.key == "dlpipe"] == ["dlpipe"]
+    edit(model)
+    onnx.save(model, "t.onnx")
+    Image.new("L", (8, 8), 128).save("digit.png")
+    res = cli("predict", "t.onnx", "digit.png")
+    assert res.exit_code == 2, res.output
+    _said(res, "t.onnx: the dlpipe metadata", phrase, "Re-export it")

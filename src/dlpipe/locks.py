@@ -46,9 +46,10 @@ def release_since(position: int) -> None:
         _release(_held.pop())
 
 
-def current_run() -> Path | None:
-    """The run folder this process most recently locked (where a crash log belongs), if any."""
-    return next((h.folder for h in reversed(_held) if h.kind == "run"), None)
+def current_run(since: int = 0) -> Path | None:
+    """The run folder this process most recently locked after mark `since` (where a crash log
+    belongs), if any."""
+    return next((h.folder for h in reversed(_held[since:]) if h.kind == "run"), None)
 
 
 def holds(folder: str | os.PathLike[str]) -> bool:

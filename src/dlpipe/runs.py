@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text
+from .console import json_safe
+from .console import shown as show
 from .errors import BadInput
 from .locks import LOCK_NAME, lock
 
@@ -97,13 +99,16 @@ class RunDir:
         if not skipped:
             return None
         if out is not None:
-            shown = "; ".join(f"{f} ({why})" for f, why in skipped[:3])
+            shown = "; ".join(f"{show(f)} ({show(why)})" for f, why in skipped[:3])
             more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
             out.warn(
                 f"skipped {len(skipped)} unusable file(s): {shown}{more}; list in {self.path / 'skipped.txt'}"
             )
-        lines = "".join(f"{f}\t{why}\n" for f, why in skipped)
-        return write_text(self.path / "skipped.txt", "file\treason\n" + lines)
+        buf = io.StringIO()  # a name with a tab or newline is quoted, never a forged row
+        writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+        writer.writerow(["file", "reason"])
+        writer.writerows([str(f), str(why)] for f, why in skipped)
+        return write_text(self.path / "skipped.txt", buf.getvalue())
 
     def write_result(self, artifacts: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
         """The command's result (`run_dir`, `artifacts`, `metrics`), also saved as results.json."""
@@ -117,7 +122,7 @@ class RunDir:
 
     def write_json(self, name: str, data: Any) -> Path:
         """Atomically write a JSON file inside the run folder."""
-        return write_text(self.path / name, json.dumps(_plain(data), indent=2) + "\n")
+        return write_text(self.path / name, json.dumps(json_safe(_plain(data)), indent=2) + "\n")
 
 
 def _fmt(v: Any) -> Any:

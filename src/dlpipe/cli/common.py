@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,10 +19,26 @@ from ..atomic import free_space, is_disk_full
 from ..console import Output  # noqa: F401 - re-exported for the commands
 from ..distributed import env_rank
 from ..errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, DlpipeError, NotImplementedYet
+from ..limits import check_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 # ---- option types shared by the commands (one definition, one help text) -------------------------
+def _nonempty_text(value: str) -> str:
+    """--data "" would silently scan the current folder: an empty value is refused."""
+    if isinstance(value, str) and not value.strip():
+        raise typer.BadParameter('is empty; name a built-in set or a folder ("." for this one).')
+    return value
+
+
+def _nonempty_path(value: str | Path) -> Path:
+    """--runs-dir "" would silently write into the current folder: an empty value is refused."""
+    if isinstance(value, str) and not value.strip():
+        raise typer.BadParameter('is empty; name a folder ("." for this one).')
+    return Path(value)
+
+
 JsonOpt = Annotated[
     bool,
     typer.Option(
@@ -35,6 +53,8 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         "-d",
+        parser=_nonempty_text,
+        metavar="SET|DIR",
         help="Built-in set (mnist5k, fashion-mnist, digits) or a folder: class subfolders (ImageFolder) "
         "for labels, or a flat folder of images.",
     ),
@@ -62,7 +82,13 @@ DeterministicOpt = Annotated[
     ),
 ]
 RunsDirOpt = Annotated[
-    Path, typer.Option("--runs-dir", help="Parent of the run folders: RUNS_DIR/<command>/<name>.")
+    Path,
+    typer.Option(
+        "--runs-dir",
+        parser=_nonempty_path,
+        metavar="DIR",
+        help="Parent of the run folders: RUNS_DIR/<command>/<name>.",
+    ),
 ]
 NameOpt = Annotated[
     str | None,
@@ -150,7 +176,10 @@ def command(func: F) -> F:
         mark = locks.mark()
         interrupt.reset()
         try:
-            with interrupt.sigterm_as_interrupt():
+            check_options(kwargs)  # sizes against this machine's memory, before any allocation
+            with interrupt.sigterm_as_interrupt(), warnings.catch_warnings():
+                if not os.environ.get("DLPIPE_WARNINGS"):  # library chatter is for developers
+                    warnings.simplefilter("ignore")
                 return func(*args, **kwargs)
         except DlpipeError as exc:  # under torchrun, rank 0 speaks for all ranks
             _say(f"[bold red]error:[/] {escape(exc.paragraph())}")
@@ -173,7 +202,7 @@ def command(func: F) -> F:
                     "another --runs-dir / --out) and run it again."
                 )
                 raise typer.Exit(EXIT_ENVIRONMENT) from None
-            log = _write_crash_log(func.__name__, locks.current_run())
+            log = _write_crash_log(func.__name__, locks.current_run(since=mark))
             where = f"the full traceback is in {log}" if log else "no crash log could be written"
             _say(
                 f"[bold red]internal error in {escape(_command_name(func))}:[/] "
@@ -185,7 +214,36 @@ def command(func: F) -> F:
             locks.release_since(mark)
 
     wrapper.__doc__ = reflow(func.__doc__)
+    hints = tidy_help(func)
+    sig = inspect.signature(func)
+    wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[
+            p.replace(annotation=hints.get(n, p.annotation)) for n, p in sig.parameters.items()
+        ]
+    )
     return wrapper  # type: ignore[return-value]
+
+
+def tidy_help(func: Callable[..., Any]) -> dict[str, Any]:
+    """The function's annotations, evaluated, with help texts as written: `[default: ...]` shown
+    (rich would eat it as markup, leaving "Output side: 28, 32 or 64 ."), and no `<bool>` type
+    column for flags. Typer reads these objects, not the source strings."""
+    import re
+    import typing
+
+    hints = typing.get_type_hints(func, include_extras=True)
+    for hint in hints.values():
+        if typing.get_origin(hint) is not Annotated:
+            continue
+        base, *extras = typing.get_args(hint)
+        for info in extras:
+            if not isinstance(info, typer.models.ParameterInfo):
+                continue
+            if info.help and "[" in info.help:
+                info.help = re.sub(r"(?<!\\)\[", r"\\[", info.help)
+            if base is bool and isinstance(info, typer.models.OptionInfo) and info.metavar is None:
+                info.metavar = ""
+    return hints
 
 
 def _say(markup: str) -> None:
@@ -310,8 +368,6 @@ def reflow(doc: str | None) -> str | None:
     """Join the hard-wrapped lines of each docstring paragraph, so help wraps to the terminal."""
     if not doc:
         return doc
-    import inspect
-
     paragraphs = inspect.cleandoc(doc).split("\n\n")
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
