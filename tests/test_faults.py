@@ -173,3 +173,17 @@ def test_native_banners_cannot_break_doctor_json() -> None:
 
     report = json.loads(out.stdout)
     assert "providers" in report and "EP Error" in out.stderr
+
+
+def test_under_raw_torchrun_the_paragraph_is_printed_once_and_names_the_cause(tmp_path) -> None:
+    """Rank 0 alone prints dlpipe's paragraph; torchrun's own failure report (which it always
+    prints) quotes that paragraph instead of "<N/A>"; no rank prints a Python traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "dlpipe", "gan", "train", "--device", "cpu", "--data", "./missing"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.count("error: ") == 1, out.stderr  # one rank speaks
+    report = out.stderr[out.stderr.index("Failures:") if "Failures:" in out.stderr else 0 :]
+    assert "dlpipe: " in report and "missing" in report and "(exit code 2)" in report, report
+    assert "<N/A>" not in out.stderr

@@ -187,3 +187,12 @@ def test_help_shows_defaults_and_no_bool_metavar(cli, monkeypatch) -> None:
     assert "Output side: 28, 32 or 64 [default: the data's]." in image
     flags = [ln for ln in lines if any(f in ln for f in ("--json", "--quiet", "--deterministic"))]
     assert len(flags) == 3 and not any("<bool>" in ln for ln in flags), flags
+
+
+def test_progress_never_counts_negative(capsys) -> None:
+    from dlpipe.console import Output
+
+    with Output().progress("gan train", -710) as advance:
+        advance(0)
+    err = capsys.readouterr().err
+    assert "-710" not in err and "0/0" in err

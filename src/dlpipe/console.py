@@ -70,6 +70,8 @@ class Output:
             TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"),
         ]
+        if total is not None:
+            total = max(0, total)  # resuming with --epochs below the epochs done: 0/0, not 0/-710
         with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
             task = bar.add_task(description, total=total, info="")
 

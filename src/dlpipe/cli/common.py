@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from ..atomic import free_space, is_disk_full
 from ..console import Output  # noqa: F401 - re-exported for the commands
-from ..distributed import env_rank
+from ..distributed import env_rank, tell_launcher
 from ..errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, DlpipeError, NotImplementedYet
 from ..limits import check_options
 
@@ -183,6 +183,7 @@ def command(func: F) -> F:
                 return func(*args, **kwargs)
         except DlpipeError as exc:  # under torchrun, rank 0 speaks for all ranks
             _say(f"[bold red]error:[/] {escape(exc.paragraph())}")
+            tell_launcher(f"dlpipe: {exc.paragraph()} (exit code {exc.exit_code})")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if interrupt.stopped_by() == signal.SIGTERM:
