@@ -158,6 +158,11 @@ ARCH_LIMITS = {
     "image_size": 4096, "channels": 64, "in_chans": 64, "num_classes": 1_000_000,
 }  # fmt: skip
 _BUILT_KINDS = ("classifier", "generator", "autoencoder")
+_REQUIRED = {  # what each kind's builder reads from meta["arch"]
+    "generator": ("nz", "ngf", "image_size", "channels"),
+    "autoencoder": ("latent", "image_size", "channels", "width"),
+    "classifier": ("backbone", "num_classes"),
+}
 
 
 def check_meta(path: Path, meta: dict[str, Any]) -> None:
@@ -165,10 +170,16 @@ def check_meta(path: Path, meta: dict[str, Any]) -> None:
     arch = meta.get("arch")
     if meta.get("kind") in _BUILT_KINDS and not isinstance(arch, dict):
         raise _damaged(path, "meta.arch", "is missing or not a mapping")
+    missing = [k for k in _REQUIRED.get(str(meta.get("kind")), ()) if k not in arch]
+    if missing:
+        raise _damaged(path, "meta.arch", f"lacks {', '.join(missing)}")
+    if meta.get("kind") == "classifier" and not isinstance(arch.get("backbone"), str):
+        raise _damaged(path, "meta.arch.backbone", "is not a name")
     optional = ("hidden", "image_size") if meta.get("kind") == "classifier" else ()
+    arch = arch if isinstance(arch, dict) else {}
     for key, limit in ARCH_LIMITS.items():
-        value = (arch or {}).get(key)
-        if key not in (arch or {}) or (value is None and key in optional):
+        value = arch.get(key)
+        if key not in arch or (value is None and key in optional):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
             raise _damaged(

@@ -106,6 +106,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         )
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _fail(
+            path, 0, f"not UTF-8 text (byte {exc.start}); a pipeline file is YAML."
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0
