@@ -72,6 +72,26 @@ def test_dlpipe_errors_and_usage_errors_keep_their_codes() -> None:
     assert res.exit_code == 2
 
 
+def test_a_full_disk_anywhere_is_exit_3_with_the_path_not_a_bug() -> None:
+    """Any write that hits ENOSPC (here a plain atomic write, as plots or reports do) is an
+    environment problem: exit 3, the file and the free space, no crash log."""
+    import errno
+
+    from dlpipe.atomic import atomic_path
+
+    def report() -> None:
+        with atomic_path("out/report.md") as tmp:
+            tmp.write_text("partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # the disk filled up here
+
+    res = _run(_app(report), "report")
+    assert res.exit_code == 3
+    text = " ".join(res.stderr.split())
+    assert "Cannot write out/report.md: No space left on device (" in text and "free there" in text
+    assert sorted(p.name for p in Path("out").iterdir()) == []  # no temp file left
+    assert not Path(".cache/dlpipe/crash").exists()
+
+
 def test_a_run_folder_has_one_writer_at_a_time(tmp_path) -> None:
     from dlpipe.errors import BadInput
     from dlpipe.locks import LOCK_NAME, lock, mark, release_since

@@ -153,7 +153,10 @@ def _metrics_of(result: dict[str, Any] | None) -> dict[str, Any]:
 def _resume_args(stage: Stage, argv: list[str], last: dict[str, Any], fp: str) -> list[str]:
     """`--resume` for a training stage that was killed or Ctrl-C'd with the same command line and
     left a checkpoint: the re-run continues it instead of starting it again."""
-    cut = last.get("status") == "running" or last.get("exit_code") == 130
+    cut = last.get("status") == "running" or last.get("exit_code") in (
+        130,
+        143,
+    )  # Ctrl-C or SIGTERM
     if not cut or last.get("fingerprint") != fp or "--resume" in argv:
         return []
     if option_param(command_for(stage.command), "resume") is None or "--name" not in argv:
