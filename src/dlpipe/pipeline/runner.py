@@ -242,7 +242,7 @@ def run_pipeline(
                 hint=f"Fix the cause shown above, then run `dlpipe run {pipeline.path}` again to continue from "
                 f"{stage.name!r} (finished stages are skipped).",
             )
-            error.exit_code = code if code in (1, 2, 3, EXIT_INTERNAL) else 1
+            error.exit_code = code if code in (1, 2, 3, EXIT_INTERNAL, 130, 143) else 1
             error.summary = summary  # type: ignore[attr-defined]
             raise error
     return _write_summary(folder, pipeline, rows, write=not dry_run)
