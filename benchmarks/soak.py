@@ -80,7 +80,7 @@ def _fault_run(cwd: Path, fault: str, at: float, rng: random.Random, size: int) 
     if fault == "term":
         code, _ = _run(cwd, at, signal.SIGTERM)
         err = LAST_STDERR["text"]
-        wrong = "traceback" if "Traceback" in err else ""
+        wrong = f"traceback (exit {code}): {err[-1500:]}" if "Traceback" in err else ""
         if code not in (0, 143):
             wrong = wrong or f"exit {code} after SIGTERM"
         return code, wrong
