@@ -71,6 +71,11 @@ def test_dlpipe_errors_and_usage_errors_keep_their_codes() -> None:
     res = _run(_app(env), "env", "--nope")
     assert res.exit_code == 2
 
+    def relay() -> None:  # e.g. --nproc relays the exit code of the torchrun it ran
+        raise typer.Exit(130)
+
+    assert _run(_app(relay), "relay").exit_code == 130
+
 
 def test_a_full_disk_anywhere_is_exit_3_with_the_path_not_a_bug() -> None:
     """Any write that hits ENOSPC (here a plain atomic write, as plots or reports do) is an

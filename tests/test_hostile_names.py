@@ -152,7 +152,7 @@ def test_class_names_are_printed_as_typed(cli) -> None:
         (["gan", "sample", "x", "-n", "100000000"], "-n 100000000: a grid of 100,000,000 samples"),
         (["validate", "m.onnx", "--batch-sizes", "1,1000000"],
          "--batch-sizes 1,1000000: a batch of 1,000,000 images"),
-        (["ae", "train", "--lr", "1e38"], "--lr 1e+38 is outside its usable range (0, 100]"),
+        (["ae", "train", "--lr", "1e38"], "--lr 1e+38 is outside its usable range (0, 1e+30]"),
         (["finetune", "--lr", "inf"], "--lr inf is outside its usable range"),
     ],
 )  # fmt: skip

@@ -4,8 +4,9 @@
 `validate --batch-sizes 1000000` similar; the kernel's OOM killer then took the machine down. The
 CLI's error boundary calls `check_options` with a command's option values: each size gets a
 (deliberately rough, low) estimate of the memory it needs, and an estimate above what this machine
-has available is refused with the figure and the limit. Learning rates must be finite and below
-LR_MAX (a larger one only overflows).
+has available is refused with the figure and the limit. Learning rates must be finite and at
+most LR_MAX: larger ones overflow float32 inside the optimizer (a traceback, not a divergence).
+Absurd but representable rates (1e10) are left to the divergence check, which says what to do.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from .errors import BadInput
 
-LR_MAX = 100.0
+LR_MAX = 1e30  # Adam divides lr by (1 - beta1): 1e38 overflows float32 there
 # Rough multipliers over the input tensor itself (float32): training keeps activations and
 # gradients (several times the input even for a tiny network); validation holds the input, the
 # outputs of two runtimes and onnxruntime's own buffers.

@@ -191,7 +191,7 @@ def command(func: F) -> F:
                 raise typer.Exit(128 + signal.SIGTERM) from None
             _say("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug: one paragraph here, the traceback in a file
             if is_disk_full(exc):  # not a bug: a full disk anywhere is exit 3 with the path
