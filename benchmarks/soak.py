@@ -1,5 +1,10 @@
 """Soak test (not in CI): consecutive tiny pipelines (`dlpipe run`: ae train -> export), each one
-SIGKILLed at a random moment, then re-run until it finishes; every finished run is verified.
+hit by a fault at a random moment, then re-run until it finishes; every finished run is verified.
+
+Faults (--faults, comma list): `kill` (SIGKILL), `term` (SIGTERM: the run must save, print the
+resume command and exit 143, never a traceback) and `full` (the run's folder is a small tmpfs
+filled up to a random point: the run must exit 3 naming the file, never a traceback; the re-run
+after freeing the space must finish). `full` needs root to mount a tmpfs and is skipped otherwise.
 
 Verified means: the final checkpoint loads (safetensors, no pickle) and holds the last epoch, the
 metrics.csv has each epoch exactly once (a resumed run appended nothing twice), no temporary files
@@ -8,6 +13,7 @@ with finite output. The baseline printed beside it is the uninterrupted wall tim
 
     .venv/bin/python benchmarks/soak.py --runs 50            # the full soak (about 20 min here)
     .venv/bin/python benchmarks/soak.py --runs 8 --out benchmarks/results/soak.md
+    .venv/bin/python benchmarks/soak.py --runs 6 --faults kill,term,full
 """
 
 from __future__ import annotations
@@ -46,19 +52,73 @@ stages:
 """
 
 
-def _run(cwd: Path, kill_after: float | None) -> tuple[int, float]:
-    """One `dlpipe run`; SIGKILL after `kill_after` seconds if it is still going."""
+LAST_STDERR = {"text": ""}
+
+
+def _run(cwd: Path, kill_after: float | None, sig: int = signal.SIGKILL) -> tuple[int, float]:
+    """One `dlpipe run`; send `sig` after `kill_after` seconds if it is still going."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dlpipe", "run", "p.yaml", "--quiet"],
         cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        text=True,
     )  # fmt: skip
     try:
-        proc.wait(timeout=kill_after)
+        _, err = proc.communicate(timeout=kill_after)
     except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate()
+    LAST_STDERR["text"] = err or ""
     return proc.returncode, time.perf_counter() - t0
+
+
+def _fault_run(cwd: Path, fault: str, at: float, rng: random.Random, size: int) -> tuple[int, str]:
+    """The faulty first run; returns (exit code, what was wrong with how it failed or '')."""
+    if fault == "kill":
+        code, _ = _run(cwd, at)
+        return code, ""
+    if fault == "term":
+        code, _ = _run(cwd, at, signal.SIGTERM)
+        err = LAST_STDERR["text"]
+        wrong = f"traceback (exit {code}): {err[-1500:]}" if "Traceback" in err else ""
+        if code not in (0, 143):
+            wrong = wrong or f"exit {code} after SIGTERM"
+        return code, wrong
+    # full: leave a random amount of free space, smaller than a whole run needs
+    filler = cwd / "filler"
+    free = _free(cwd)
+    keep = int(rng.uniform(0, size))
+    with open(filler, "wb") as fh:
+        try:
+            fh.write(b"\0" * max(0, free - keep))
+        except OSError:
+            pass
+    code, _ = _run(cwd, None)
+    err = LAST_STDERR["text"]
+    filler.unlink()
+    wrong = "traceback" if "Traceback" in err else ""
+    if code not in (0, 3):
+        wrong = wrong or f"exit {code} on a full disk: {err[-300:]}"
+    elif code == 3 and "No space left on device" not in err:
+        wrong = f"exit 3 without saying the disk is full: {err[-300:]}"
+    return code, wrong
+
+
+def _free(path: Path) -> int:
+    import shutil
+
+    return shutil.disk_usage(path).free
+
+
+def _tmpfs(path: Path, mib: int) -> bool:
+    """Mount a tmpfs of `mib` MiB on `path` (root only); False when that is not possible."""
+    path.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def verify(cwd: Path) -> list[str]:
@@ -96,8 +156,8 @@ def verify(cwd: Path) -> list[str]:
     return problems
 
 
-def soak(runs: int, seed: int) -> dict:
-    """Run the soak; returns the figures."""
+def soak(runs: int, seed: int, fault: str = "kill") -> dict:
+    """Run the soak with one kind of fault; returns the figures."""
     rng = random.Random(seed)
     base = Path(tempfile.mkdtemp(prefix="dlpipe-soak-"))
     ref = base / "baseline"
@@ -105,29 +165,40 @@ def soak(runs: int, seed: int) -> dict:
     (ref / "p.yaml").write_text(PIPELINE)
     code, baseline_s = _run(ref, None)
     assert code == 0, "the uninterrupted baseline run failed"
-    stats = {"runs": runs, "killed": 0, "survived": 0, "verified": 0, "reruns": 0, "failures": []}
+    size = _size(ref)
+    stats = {"fault": fault, "runs": runs, "hit": 0, "survived": 0, "verified": 0, "reruns": 0,
+             "failures": []}  # fmt: skip
     for i in range(runs):
         cwd = base / f"run{i:03d}"
-        cwd.mkdir()
+        if fault == "full":
+            if not _tmpfs(cwd, 64):
+                stats["failures"].append("skipped: cannot mount a tmpfs here (needs root)")
+                stats["runs"] = i
+                break
+        else:
+            cwd.mkdir()
         (cwd / "p.yaml").write_text(PIPELINE)
-        kill_at = rng.uniform(0.5, baseline_s)  # anywhere: import, data, an epoch, a write, export
-        code, _ = _run(cwd, kill_at)
-        stats["killed"] += code == -signal.SIGKILL
+        at = rng.uniform(0.5, baseline_s)  # anywhere: import, data, an epoch, a write, export
+        first, wrong = _fault_run(cwd, fault, at, rng, size)
+        stats["hit"] += first != 0
+        if wrong:
+            stats["failures"].append(f"run {i}: {wrong}")
         for _attempt in range(3):  # re-run until it finishes (normally once)
             stats["reruns"] += 1
             code, _ = _run(cwd, None)
             if code == 0:
                 break
         if code != 0:
-            stats["failures"].append(f"run {i}: re-run exit {code} (killed at {kill_at:.1f} s)")
-            continue
-        stats["survived"] += 1
-        problems = verify(cwd)
-        stats["verified"] += not problems
-        stats["failures"] += [f"run {i} (killed at {kill_at:.1f} s): {p}" for p in problems]
-        print(
-            f"run {i + 1}/{runs}: killed at {kill_at:.1f} s -> {'ok' if not problems else problems}"
-        )
+            stats["failures"].append(f"run {i}: re-run exit {code} (fault at {at:.1f} s)")
+        else:
+            stats["survived"] += 1
+            problems = verify(cwd)
+            stats["verified"] += not problems
+            stats["failures"] += [f"run {i} (fault at {at:.1f} s): {p}" for p in problems]
+            print(f"{fault} {i + 1}/{runs}: first run exit {first} -> "
+                  f"{'ok' if not problems else problems}")  # fmt: skip
+        if fault == "full":
+            subprocess.run(["umount", str(cwd)], capture_output=True)
     stats["baseline_s"] = baseline_s
     return stats
 
@@ -152,29 +223,42 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Markdown results file.")
+    parser.add_argument("--faults", default="kill", help="Comma list of kill, term, full.")
     args = parser.parse_args()
-    t0 = time.perf_counter()
-    s = soak(args.runs, args.seed)
-    wall = time.perf_counter() - t0
     lines = [
-        "# Soak: tiny pipelines (ae train -> export) SIGKILLed at random, then re-run",
+        "# Soak: tiny pipelines (ae train -> export) hit by a fault at random, then re-run",
         "",
         f"Machine: {_machine()} (shared, loaded by other jobs).",
-        f"Command: `.venv/bin/python benchmarks/soak.py --runs {args.runs} --seed {args.seed}`",
+        f"Command: `.venv/bin/python benchmarks/soak.py --runs {args.runs} --seed {args.seed} "
+        f"--faults {args.faults}`",
         "",
-        "| runs | killed mid-run | survived (re-run finished) | outputs verified | re-runs | "
-        "uninterrupted run (baseline) | soak wall time |",
-        "|---|---|---|---|---|---|---|",
-        f"| {s['runs']} | {s['killed']} | {s['survived']} | {s['verified']} | {s['reruns']} | "
-        f"{s['baseline_s']:.1f} s | {wall:.0f} s |",
-        "",
-        "Failures: " + ("; ".join(s["failures"]) if s["failures"] else "none."),
+        "| fault | runs | first run stopped (exit != 0) | survived (re-run finished) | outputs "
+        "verified | re-runs | uninterrupted run (baseline) | soak wall time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    failures = []
+    for fault in args.faults.split(","):
+        t0 = time.perf_counter()
+        s = soak(args.runs, args.seed, fault)
+        wall = time.perf_counter() - t0
+        lines.append(
+            f"| {FAULTS[fault]} | {s['runs']} | {s['hit']} | {s['survived']} | {s['verified']} | "
+            f"{s['reruns']} | {s['baseline_s']:.1f} s | {wall:.0f} s |"
+        )
+        failures += [f"{fault}: {f}" for f in s["failures"]]
+    lines += ["", "Failures: " + ("; ".join(failures) if failures else "none.")]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+
+
+FAULTS = {
+    "kill": "SIGKILL",
+    "term": "SIGTERM (must exit 143 or 0, no traceback)",
+    "full": "disk full on a 64 MiB tmpfs (must exit 3 naming the file, or 0)",
+}
 
 
 if __name__ == "__main__":

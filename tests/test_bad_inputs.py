@@ -98,6 +98,7 @@ def test_pickles_are_refused_without_unpickling(cli) -> None:
         "--weights evil.pth could not be read as a state dict",
         "it holds pickled Python objects (",
         "which are never unpickled",
+        "can result in arbitrary code execution",
     )
     assert not Path("pwned.txt").exists()  # nothing was unpickled
 
@@ -191,3 +192,169 @@ def test_a_run_that_fails_at_its_start_leaves_no_empty_folder(cli, tmp_path, com
     res = cli(*command, "--data", str(tmp_path / "missing"), "--device", "cpu", "--name", "gone")
     assert res.exit_code == 2 and "missing" in res.stderr
     assert not list(Path("runs").glob("*/gone*"))
+
+
+def _with_header(made: Path, out: str, edit) -> Path:  # noqa: ANN001 - edit(header) -> None
+    """A copy of the made checkpoint whose safetensors header metadata was edited by `edit`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src = made / "runs/ae/a/checkpoints/last.safetensors"
+    with safe_open(str(src), framework="pt") as fh:
+        header = dict(fh.metadata())
+    edit(header)
+    save_file(load_file(str(src)), out, metadata=header)
+    return Path(out)
+
+
+def _meta_edit(**changes):  # noqa: ANN202 - returns an editor of the header
+    import json
+
+    def edit(header: dict) -> None:
+        meta = json.loads(header["dlpipe.meta"])
+        for key, value in changes.items():
+            if value is _DROP:
+                meta["arch"].pop(key, None) if key != "arch" else meta.pop("arch")
+            else:
+                meta["arch"][key] = value
+        header["dlpipe.meta"] = json.dumps(meta)
+
+    return edit
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("edit", "phrase"),
+    [
+        (_meta_edit(latent=10**9), "meta.arch.latent = '1000000000', not an integer in 1..65536"),
+        (_meta_edit(width="wide"), "meta.arch.width = 'wide', not an integer"),
+        (_meta_edit(arch=_DROP), "meta.arch is missing or not a mapping"),
+        (lambda h: h.update({"dlpipe.meta": "[1, 2]"}), "dlpipe.meta is a JSON list, not a dict"),
+        (lambda h: h.update({"dlpipe.state": "{"}), "dlpipe.state is missing or not JSON"),
+        (lambda h: h.update({"dlpipe.state": '{"o": {"__tensor__": "nope"}}'}),
+         "refers to tensors the file does not hold"),
+    ],
+    ids=["latent-1e9", "string-width", "no-arch", "meta-list", "state-cut", "state-dangling"],
+)  # fmt: skip
+def test_hostile_checkpoint_headers_are_refused(cli, made, edit, phrase) -> None:
+    ck = _with_header(made, "h.safetensors", edit)
+    res = cli("export", ck, "--out", "h.onnx", "-q")
+    assert res.exit_code == 2, res.output
+    _said(res, "Checkpoint h.safetensors has a damaged or hostile header", phrase)
+    assert not Path("h.onnx").exists()
+
+
+def test_a_fifo_as_checkpoint_is_refused_without_hanging(cli) -> None:
+    import threading
+
+    os.mkfifo("pipe.safetensors")
+    box: list = []
+    worker = threading.Thread(
+        target=lambda: box.append(cli("export", "pipe.safetensors", "--out", "p.onnx", "-q")),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=60)
+    if worker.is_alive():  # unblock the reader so the test process can end
+        with open("pipe.safetensors", "wb"):
+            pass
+        pytest.fail("export blocked on a FIFO")
+    assert box[0].exit_code == 2
+    _said(box[0], "pipe.safetensors is not a regular file (a pipe, socket or device)")
+
+
+def test_hostile_file_in_the_torch_hub_cache(tmp_path) -> None:
+    """A planted pickle where torchvision's downloaded weights are cached: refused, not run."""
+    from dlpipe.errors import BadInput
+    from dlpipe.weights import hub_checkpoints_dir, resolve_torchvision
+
+    hub = hub_checkpoints_dir()
+    hub.mkdir(parents=True)
+    with open(hub / "mobilenet_v2-b0353104.pth", "wb") as fh:
+        pickle.dump({"w": _Evil()}, fh, protocol=2)
+    with pytest.raises(BadInput) as caught:
+        resolve_torchvision("mobilenet_v2", "DEFAULT")
+    text = caught.value.paragraph()
+    assert "mobilenet_v2-b0353104.pth could not be read" in text and f"Delete {hub}" in text
+    assert not Path("pwned.txt").exists()
+
+
+def test_an_unwritable_cache_is_a_warning_not_a_failure(cli, monkeypatch) -> None:
+    monkeypatch.setenv("DLPIPE_CACHE_DIR", "/dev/null")
+    res = cli("finetune", "--backbone", "mnist_cnn_bn", "--weights", "none", "--freeze", "--data",
+              "digits", "--limit", "60", "--eval-limit", "20", "--epochs", "1", "--device", "cpu",
+              "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    _said(res, "cannot write the feature cache in /dev/null/features", "running without it")
+
+
+def test_disk_full_inside_safetensors_is_exit_3_with_the_path(monkeypatch) -> None:
+    """safetensors reports ENOSPC as its own error type: it becomes the OSError the CLI explains."""
+    import safetensors.torch
+    import torch
+    from safetensors import SafetensorError
+
+    from dlpipe.checkpoint import save_checkpoint
+    from dlpipe.errors import EnvironmentProblem
+    from dlpipe.train.interrupt import save_or_explain
+
+    def full(*args, **kwargs) -> None:  # what safetensors raises when the disk fills up
+        raise SafetensorError(
+            "Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+            '"No space left on device" })'
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    path = Path("c/last.safetensors")
+    weights = {"m": {"w": torch.ones(2)}}
+    with pytest.raises(EnvironmentProblem) as caught:
+        save_or_explain(lambda: save_checkpoint(path, weights, {"kind": "x"}), path)
+    text = caught.value.paragraph()
+    assert f"Cannot write checkpoint {path}: No space left on device (" in text
+    assert "free there" in text
+    assert not list(Path("c").glob("*"))  # no temp file left
+
+
+def _meta_json(edit):  # noqa: ANN001, ANN202 - edit(meta dict) -> new JSON-able value
+    def apply(model) -> None:  # noqa: ANN001 - an onnx.ModelProto
+        import json
+
+        for prop in model.metadata_props:
+            if prop.key == "dlpipe":
+                prop.value = json.dumps(edit(json.loads(prop.value)))
+
+    return apply
+
+
+def _rename_input(model) -> None:  # noqa: ANN001 - an onnx.ModelProto
+    old = model.graph.input[0].name
+    model.graph.input[0].name = "renamed"
+    for node in model.graph.node:
+        node.input[:] = ["renamed" if i == old else i for i in node.input]
+
+
+@pytest.mark.parametrize(
+    ("edit", "phrase"),
+    [
+        (_meta_json(lambda m: [m]), "the dlpipe metadata is a JSON list, not an object"),
+        (_meta_json(lambda m: {**m, "input": "image"}), "has no input description"),
+        (_meta_json(lambda m: {**m, "preprocess": {**m["preprocess"], "resize": 10**6}}),
+         "asks for preprocess resize = 1000000, not 1..8192"),
+        (_rename_input, "names the input 'image', but the graph's inputs are ['renamed']"),
+    ],
+    ids=["meta-list", "input-string", "resize-1e6", "renamed-input"],
+)  # fmt: skip
+def test_tampered_onnx_metadata_is_refused_by_predict(cli, made, edit, phrase) -> None:
+    import onnx
+    from PIL import Image
+
+    model = onnx.load(str(made / "m.onnx"))
+    assert [p.key for p in model.metadata_props if p.key == "dlpipe"] == ["dlpipe"]
+    edit(model)
+    onnx.save(model, "t.onnx")
+    Image.new("L", (8, 8), 128).save("digit.png")
+    res = cli("predict", "t.onnx", "digit.png")
+    assert res.exit_code == 2, res.output
+    _said(res, "t.onnx: the dlpipe metadata", phrase, "Re-export it")

@@ -51,3 +51,39 @@ def test_shim_does_nothing_when_the_operators_exist():
         "print(ensure_torchvision(), shim_status()[0])\n"
     )
     assert _run(code) == "False False"
+
+
+def test_pth_hook_makes_timm_import_first_in_a_fresh_interpreter(tmp_path):
+    """What `make install` puts in site-packages: a user who imports timm (then torchvision)
+    before ever importing dlpipe gets working models; the hook then leaves sys.meta_path."""
+    from dlpipe.compat import PTH_NAME, install_pth
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    assert install_pth(site_dir) == site_dir / PTH_NAME
+    code = (
+        "import site, sys\n"
+        f"site.addsitedir({str(site_dir)!r})  # processes the .pth exactly as at start-up\n"
+        "assert 'torch' not in sys.modules  # the hook itself imports nothing heavy\n"
+        "import timm, torch, torchvision\n"
+        "m = timm.create_model('resnet18', pretrained=False, num_classes=3)\n"
+        "y = m(torch.zeros(2, 3, 32, 32))\n"
+        "from dlpipe.compat import _TorchvisionHook, shim_status\n"
+        "assert not any(isinstance(f, _TorchvisionHook) for f in sys.meta_path)\n"
+        "print(tuple(y.shape), shim_status()[0], torch.version.cuda is None)\n"
+    )
+    out = _run(code)
+    assert out.startswith("(2, 3)")
+    if out.endswith("True"):  # CPU torch beside the CUDA torchvision wheel: the shim was needed
+        assert out == "(2, 3) True True"
+
+
+def test_pth_line_never_stops_an_interpreter(tmp_path):
+    """If dlpipe is gone (uninstalled, broken), the .pth line is silent and Python starts."""
+    from dlpipe.compat import PTH_LINE
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "x.pth").write_text(PTH_LINE.replace("dlpipe.compat", "no_such_pkg"))
+    code = f"import site; site.addsitedir({str(tmp_path / 'site')!r}); print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok" and not out.stderr

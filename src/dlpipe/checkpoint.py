@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .atomic import atomic_path, write_text
+from .atomic import as_os_error, atomic_path, write_text
 from .errors import BadInput
 
 FORMAT = "dlpipe-checkpoint/1"
@@ -97,7 +97,10 @@ def save_checkpoint(
         "dlpipe.groups": json.dumps(sorted(weights)),
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        try:
+            save_file(tensors, str(tmp), metadata=header)
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            raise as_os_error(exc, path) from None
     write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -119,6 +122,11 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise BadInput(
             f"{path} is a folder, not a checkpoint file.", hint="Pass a .safetensors file."
         )
+    if not path.is_file():  # a FIFO would block the read forever, a device never ends
+        raise BadInput(
+            f"{path} is not a regular file (a pipe, socket or device), so it is not a checkpoint.",
+            hint="Pass a .safetensors file written by dlpipe.",
+        )
     _refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -133,7 +141,67 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             f"{path} is a safetensors file but not a dlpipe checkpoint (no '{_FORMAT_KEY}' header).",
             hint="Plain weight files go to --weights, not to --resume or export.",
         )
-    return json.loads(header[_META_KEY]), header
+    meta = _header_json(path, header, _META_KEY, dict)
+    _header_json(path, header, _STATE_KEY, dict)
+    groups = _header_json(path, header, "dlpipe.groups", list)
+    if not all(isinstance(g, str) for g in groups):
+        raise _damaged(path, "dlpipe.groups", "is not a list of names")
+    check_meta(path, meta)
+    return meta, header
+
+
+# Numbers in `meta["arch"]` become tensor shapes when a model is rebuilt: a hostile header could
+# ask for a billion-wide layer. Each must be an integer in its range (generous: 16x the largest
+# setting the CLI offers), so an absurd value is refused before anything is allocated.
+ARCH_LIMITS = {
+    "nz": 4096, "ngf": 4096, "ndf": 4096, "latent": 65536, "width": 4096, "hidden": 65536,
+    "image_size": 4096, "channels": 64, "in_chans": 64, "num_classes": 1_000_000,
+}  # fmt: skip
+_BUILT_KINDS = ("classifier", "generator", "autoencoder")
+_REQUIRED = {  # what each kind's builder reads from meta["arch"]
+    "generator": ("nz", "ngf", "image_size", "channels"),
+    "autoencoder": ("latent", "image_size", "channels", "width"),
+    "classifier": ("backbone", "num_classes"),
+}
+
+
+def check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """Refuse a description that would build an absurd or broken model (hostile or damaged)."""
+    arch = meta.get("arch")
+    if meta.get("kind") in _BUILT_KINDS and not isinstance(arch, dict):
+        raise _damaged(path, "meta.arch", "is missing or not a mapping")
+    missing = [k for k in _REQUIRED.get(str(meta.get("kind")), ()) if k not in arch]
+    if missing:
+        raise _damaged(path, "meta.arch", f"lacks {', '.join(missing)}")
+    if meta.get("kind") == "classifier" and not isinstance(arch.get("backbone"), str):
+        raise _damaged(path, "meta.arch.backbone", "is not a name")
+    optional = ("hidden", "image_size") if meta.get("kind") == "classifier" else ()
+    arch = arch if isinstance(arch, dict) else {}
+    for key, limit in ARCH_LIMITS.items():
+        value = arch.get(key)
+        if key not in arch or (value is None and key in optional):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise _damaged(
+                path, f"meta.arch.{key}", f"= {str(value)[:40]!r}, not an integer in 1..{limit}"
+            )
+
+
+def _header_json(path: Path, header: dict[str, str], key: str, kind: type) -> Any:
+    try:
+        value = json.loads(header[key])
+    except (KeyError, ValueError):
+        raise _damaged(path, key, "is missing or not JSON") from None
+    if not isinstance(value, kind):
+        raise _damaged(path, key, f"is a JSON {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _damaged(path: Path, key: str, what: str) -> BadInput:
+    return BadInput(
+        f"Checkpoint {path} has a damaged or hostile header: {key} {what}.",
+        hint="dlpipe writes these itself; re-train, or use a checkpoint from a run you trust.",
+    )
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -159,12 +227,27 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
             f"Checkpoint {path} could not be read ({exc}).", hint="It is truncated or corrupt."
         ) from None
     weights: dict[str, dict[str, Any]] = {g: {} for g in json.loads(header["dlpipe.groups"])}
+    tensors_needed = _tensor_refs(json.loads(header[_STATE_KEY]))
+    if not tensors_needed <= set(tensors):
+        raise _damaged(path, _STATE_KEY, "refers to tensors the file does not hold")
     for key, t in tensors.items():
         group, _, name = key.partition("/")
         if group in weights:
             weights[group][name] = t
-    state = _unflatten(json.loads(header[_STATE_KEY]), tensors)
+    try:
+        state = _unflatten(json.loads(header[_STATE_KEY]), tensors)
+    except (KeyError, TypeError, ValueError):
+        raise _damaged(path, _STATE_KEY, "does not describe a training state") from None
     return Checkpoint(path=path, meta=meta, weights=weights, state=state)
+
+
+def _tensor_refs(obj: Any) -> set[str]:
+    if isinstance(obj, dict):
+        own = {obj["__tensor__"]} if isinstance(obj.get("__tensor__"), str) else set()
+        return own.union(*(_tensor_refs(v) for v in obj.values()))
+    if isinstance(obj, list):
+        return set().union(*(_tensor_refs(v) for v in obj))
+    return set()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -6,10 +6,17 @@ fails to load, and `import torchvision` then dies in `_meta_registrations.py` wi
 registers fake kernels for makes the pure-Python parts (models, transforms, datasets) work;
 `torchvision.ops` and `torchvision.io` stay unusable there, so dlpipe decodes images with Pillow.
 On a normal install (extension loads) this module does nothing.
+
+Users import torchvision and timm next to dlpipe, before dlpipe has had a chance to apply the
+shim. `make install` therefore drops a one-line `dlpipe_torchvision.pth` into the environment's
+site-packages: at interpreter start it registers a tiny import hook (no torch import, a few
+microseconds) that runs `ensure_torchvision()` the first time anything imports torchvision, then
+removes itself. `python -m dlpipe.compat --install-pth` (re)writes it; `--remove-pth` deletes it.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 from pathlib import Path
@@ -98,3 +105,61 @@ def import_timm():  # noqa: ANN201 - returns the module
     import timm
 
     return timm
+
+
+PTH_NAME = "dlpipe_torchvision.pth"
+# One line, as site.py requires; a failure (dlpipe uninstalled, an old copy) must never stop
+# the interpreter from starting, hence the try.
+PTH_LINE = (
+    'import sys; exec("try:\\n from dlpipe.compat import install_import_hook as h; h()\\n'
+    'except Exception:\\n pass")\n'
+)
+
+
+class _TorchvisionHook(importlib.abc.MetaPathFinder):
+    """Runs the shim just before the first `import torchvision`, then gets out of the way."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        """Apply the shim when torchvision is about to be imported; never finds anything itself."""
+        if name != "torchvision":
+            return None
+        remove_import_hook()
+        try:
+            ensure_torchvision()
+        except Exception:  # noqa: BLE001 - the import then fails (or works) as it would have
+            pass
+        return None
+
+
+def install_import_hook() -> None:
+    """Register the hook (idempotent; nothing to do once torchvision is imported)."""
+    if "torchvision" in sys.modules:
+        return
+    if not any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionHook())
+
+
+def remove_import_hook() -> None:
+    """Unregister the hook."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionHook)]
+
+
+def install_pth(site_dir: str | Path | None = None) -> Path:
+    """Write the .pth line into `site_dir` (default: this environment's site-packages)."""
+    import sysconfig
+
+    folder = Path(site_dir or sysconfig.get_paths()["purelib"])
+    target = folder / PTH_NAME
+    target.write_text(PTH_LINE, encoding="utf-8")
+    return target
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--install-pth"]:
+        print(f"compat: wrote {install_pth()}")
+    elif sys.argv[1:] == ["--remove-pth"]:
+        import sysconfig
+
+        (Path(sysconfig.get_paths()["purelib"]) / PTH_NAME).unlink(missing_ok=True)
+    else:
+        sys.exit("usage: python -m dlpipe.compat --install-pth | --remove-pth")

@@ -7,6 +7,7 @@ Library functions take any object with `print`, `warn` and `progress`; the CLI p
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,12 +44,12 @@ class Output:
         self.final = Console(stderr=json_mode, quiet=not self.main, highlight=False)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
-        """Human output (silenced by --quiet)."""
-        self.console.print(*args, **kwargs)
+        """Human output (silenced by --quiet); control characters are shown, not sent."""
+        self.console.print(*(visible(a) if isinstance(a, str) else a for a in args), **kwargs)
 
     def warn(self, message: str) -> None:
         """A warning on stderr, shown even with --quiet."""
-        self.err.print(f"[yellow]warning:[/] {message}")
+        self.err.print(f"[yellow]warning:[/] {visible(message)}", soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
@@ -71,6 +72,8 @@ class Output:
             TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"),
         ]
+        if total is not None:
+            total = max(0, total)  # resuming with --epochs below the epochs done: 0/0, not 0/-710
         with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
             task = bar.add_task(description, total=total, info="")
 
@@ -85,10 +88,40 @@ class Output:
         if not self.main:
             return
         if self.json_mode:
-            sys.stdout.write(json.dumps(payload, default=str) + "\n")
+            sys.stdout.write(json.dumps(json_safe(payload), default=str, allow_nan=False) + "\n")
             sys.stdout.flush()
         elif human:
             self.final.print(human)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+_ALL_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # in a name, a newline could forge a line
+
+
+def visible(text: str) -> str:
+    """Control characters (ESC, CR, BEL, ...) shown as \\x.. instead of acting on the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def shown(name: Any) -> str:
+    """A name from the user's data (class, file) for printing: markup escaped, control characters
+    visible, so `[bold red]one` prints as typed and `ESC[2J` does not clear the screen."""
+    from rich.markup import escape
+
+    return escape(_ALL_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(name)))
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities as null: `NaN` is not JSON, and a reader's parser would reject the line."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", None) == 0:
+        return json_safe(obj.item())  # numpy / torch scalars
+    return obj
 
 
 def quiet() -> Output:

@@ -226,6 +226,25 @@ def on_every_rank(fn: Any, ctx: DistContext) -> Any:
     return value
 
 
+def tell_launcher(paragraph: str) -> None:
+    """Under torchrun, leave dlpipe's paragraph in the rank's error file (TORCHELASTIC_ERROR_FILE),
+    so the failure report torchrun prints names the cause instead of "<N/A>" and a link. torchrun
+    itself always prints that report and its own traceback after a failed rank; `--nproc N` (or
+    `python -m dlpipe.distributed ...`, the same arguments as torchrun) shows only dlpipe's line."""
+    import json
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    message = {"message": paragraph, "extraInfo": {"py_callstack": paragraph,
+                                                  "timestamp": str(int(time.time()))}}  # fmt: skip
+    try:
+        Path(path).write_text(json.dumps({"message": message}), encoding="utf-8")
+    except OSError:
+        pass  # the report then says <N/A>; the paragraph was printed anyway
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `dlpipe ARGV` under torchrun on this node with `nproc` processes (Gloo on CPU, NCCL on
     GPUs); stdout of the ranks is passed through sys.stdout (only rank 0 prints). Returns the exit

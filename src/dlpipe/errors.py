@@ -6,7 +6,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # e.g. ONNX parity outside tolerance
 EXIT_BAD_INPUT = 2  # bad usage, bad option value, unusable data or file
-EXIT_ENVIRONMENT = 3  # missing dependency, unavailable provider or device
+EXIT_ENVIRONMENT = 3  # missing dependency, unavailable provider or device, disk full
+EXIT_INTERNAL = 70  # a bug in dlpipe (EX_SOFTWARE): traceback saved to crash.log, never printed
 
 
 class DlpipeError(Exception):

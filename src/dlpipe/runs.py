@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text
+from .console import json_safe
+from .console import shown as show
 from .errors import BadInput
+from .locks import LOCK_NAME, lock
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -179,13 +182,16 @@ class RunDir:
         if not skipped:
             return None
         if out is not None:
-            shown = "; ".join(f"{f} ({why})" for f, why in skipped[:3])
+            shown = "; ".join(f"{show(f)} ({show(why)})" for f, why in skipped[:3])
             more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
             out.warn(
                 f"skipped {len(skipped)} unusable file(s): {shown}{more}; list in {self.path / 'skipped.txt'}"
             )
-        lines = "".join(f"{f}\t{why}\n" for f, why in skipped)
-        return write_text(self.path / "skipped.txt", "file\treason\n" + lines)
+        buf = io.StringIO()  # a name with a tab or newline is quoted, never a forged row
+        writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+        writer.writerow(["file", "reason"])
+        writer.writerows([str(f), str(why)] for f, why in skipped)
+        return write_text(self.path / "skipped.txt", buf.getvalue())
 
     def write_result(self, artifacts: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
         """The command's result (`run_dir`, `artifacts`, `metrics`), also saved as results.json."""
@@ -199,7 +205,7 @@ class RunDir:
 
     def write_json(self, name: str, data: Any) -> Path:
         """Atomically write a JSON file inside the run folder."""
-        return write_text(self.path / name, json.dumps(_plain(data), indent=2) + "\n")
+        return write_text(self.path / name, json.dumps(json_safe(_plain(data)), indent=2) + "\n")
 
 
 def _fmt(v: Any) -> Any:
@@ -237,6 +243,7 @@ def create_run_dir(
             hint="Use letters, digits, '.', '_' and '-' (no slashes or spaces).",
         )
     path = base / name
+    existed = path.is_dir()
     if not exist_ok:
         n = 2
         while path.exists():
@@ -250,6 +257,10 @@ def create_run_dir(
             f"Cannot create the run folder {path}: {exc.strerror}.",
             hint="Choose a writable place with --runs-dir.",
         ) from None
+    lock(path)  # one writer per run folder
+    if exist_ok and existed:  # a fresh run in an old folder starts its metrics and samples over
+        (path / "metrics.csv").unlink(missing_ok=True)
+        shutil.rmtree(path / "samples", ignore_errors=True)
     return RunDir(path)
 
 
@@ -296,6 +307,7 @@ def run_to_resume(command: str, name: str | None, runs_dir: str | Path, display:
             f"--resume: no checkpoint to continue from in {run.path if run else base}.",
             hint=f"Pass --name of an existing run (see {base}/), or drop --resume.",
         )
+    lock(run.path)
     made_by = read_meta(run.checkpoint("last")).get("command")
     if made_by != command:
         raise BadInput(
@@ -380,7 +392,11 @@ def tidy_on_failure(run: RunDir) -> Iterator[None]:
     except BaseException:
         run.close_trackers()  # before the check below: an open event file is a file
         path = run.path
-        if env_rank() == 0 and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        if (
+            env_rank() == 0
+            and path.is_dir()
+            and not any(p.is_file() and p.name != LOCK_NAME for p in path.rglob("*"))
+        ):
             shutil.rmtree(path, ignore_errors=True)
         raise
     finally:

@@ -217,7 +217,9 @@ def run_stage(
     `explicit`: the options the user gave (for --resume: those win over the saved config;
     default: every key of `options`). `base`: values to start from (`--config FILE`)."""
     from .console import quiet
+    from .limits import check_options
 
+    check_options(options)  # sizes and rates against this machine, before anything is allocated
     stage = lookup(command)
     cfg, run_opts = build(stage, options, base=base)
     out = out or quiet()

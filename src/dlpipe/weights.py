@@ -216,7 +216,13 @@ def from_path(spec: str) -> Resolved:
 def _tv_load(path: Path) -> dict[str, Any]:
     import torch
 
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated download or a planted file in the cache
+        raise BadInput(
+            f"Cached weights {path} could not be read ({_load_reason(exc)}).",
+            hint=f"Delete {path} so it is fetched (or found in an installed package) again.",
+        ) from None
 
 
 def resolve_torchvision(arch: str, spec: str) -> Resolved:
@@ -329,5 +335,8 @@ def _load_reason(exc: Exception) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
-        return f"it holds pickled Python objects ({found.group(1)}), which are never unpickled"
+        return (
+            f"it holds pickled Python objects ({found.group(1)}), which are never unpickled: as "
+            "torch warns, loading it with weights_only=False can result in arbitrary code execution"
+        )
     return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__

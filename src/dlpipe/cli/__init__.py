@@ -14,7 +14,8 @@ app = typer.Typer(
     name="dlpipe",
     help="Staged deep-learning pipelines for images: fine-tune a frozen pretrained backbone, train "
     "DCGANs and (denoising) autoencoders, export to ONNX and prove parity under onnxruntime.\n\n"
-    "Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 3 environment problem.",
+    "Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 3 environment problem, "
+    "70 internal error (traceback in crash.log), 130/143 interrupted (SIGINT/SIGTERM).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -3,24 +3,46 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from ..atomic import free_space, is_disk_full
 from ..console import Output  # noqa: F401 - re-exported for the commands
 from ..data.builtin import BUILTINS
-from ..distributed import env_rank
-from ..errors import DlpipeError, NotImplementedYet
+from ..distributed import env_rank, tell_launcher
+from ..errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, DlpipeError, NotImplementedYet
+from ..limits import check_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # The built-in sets, named from their registry (data/builtin.py): a new set shows up here by itself.
 BUILTIN_NAMES = ", ".join(BUILTINS)
 
+
 # ---- option types shared by the commands (one definition, one help text) -------------------------
+def _nonempty_text(value: str) -> str:
+    """--data "" would silently scan the current folder: an empty value is refused."""
+    if isinstance(value, str) and not value.strip():
+        raise typer.BadParameter('is empty; name a built-in set or a folder ("." for this one).')
+    return value
+
+
+def _nonempty_path(value: str | Path) -> Path:
+    """--runs-dir "" would silently write into the current folder: an empty value is refused."""
+    if isinstance(value, str) and not value.strip():
+        raise typer.BadParameter('is empty; name a folder ("." for this one).')
+    return Path(value)
+
+
 JsonOpt = Annotated[
     bool,
     typer.Option(
@@ -52,6 +74,8 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         "-d",
+        parser=_nonempty_text,
+        metavar="SET|DIR",
         help=f"Built-in set ({BUILTIN_NAMES}) or a folder: class subfolders (ImageFolder) "
         "for labels, or a flat folder of images.",
         rich_help_panel="Data",
@@ -99,6 +123,8 @@ RunsDirOpt = Annotated[
     Path,
     typer.Option(
         "--runs-dir",
+        parser=_nonempty_path,
+        metavar="DIR",
         help="Parent of the run folders: RUNS_DIR/<command>/<name>.",
         rich_help_panel="Output",
     ),
@@ -211,25 +237,136 @@ ResumeOpt = Annotated[
 
 
 def command(func: F) -> F:
-    """Turn DlpipeError into one paragraph on stderr and its exit code; Ctrl-C into exit 130."""
-
-    from rich.markup import escape  # messages name files and extras like dlpipe[tract]
+    """The one error boundary of a command: DlpipeError -> its paragraph and exit code, Ctrl-C ->
+    130, SIGTERM -> 143, anything else -> "internal error" (exit 70, traceback in crash.log)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+
+        from .. import locks
+        from ..train import interrupt
+
+        mark = locks.mark()
+        interrupt.reset()
         try:
-            return func(*args, **kwargs)
+            check_options(kwargs)  # sizes against this machine's memory, before any allocation
+            with interrupt.sigterm_as_interrupt(), warnings.catch_warnings():
+                if not os.environ.get("DLPIPE_WARNINGS"):  # library chatter is for developers
+                    warnings.simplefilter("ignore")
+                return func(*args, **kwargs)
         except DlpipeError as exc:  # under torchrun, rank 0 speaks for all ranks
-            Console(stderr=True, highlight=False, quiet=env_rank() != 0).print(
-                f"[bold red]error:[/] {escape(exc.paragraph())}", soft_wrap=True
-            )
+            _say(f"[bold red]error:[/] {escape(exc.paragraph())}")
+            tell_launcher(f"dlpipe: {exc.paragraph()} (exit code {exc.exit_code})")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            Console(stderr=True, quiet=env_rank() != 0).print("[yellow]interrupted[/]")
+            if interrupt.stopped_by() == signal.SIGTERM:
+                _say("[yellow]terminated[/] (SIGTERM)")
+                raise typer.Exit(128 + signal.SIGTERM) from None
+            _say("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: one paragraph here, the traceback in a file
+            if is_disk_full(exc):  # not a bug: a full disk anywhere is exit 3 with the path
+                where = exc.filename or "a file"
+                _say(
+                    f"[bold red]error:[/] Cannot write {escape(str(where))}: "
+                    f"{escape(exc.strerror or str(exc))} ({free_space(where if exc.filename else '.')} "
+                    "free there). Files written before are unchanged. Free some space (or choose "
+                    "another --runs-dir / --out) and run it again."
+                )
+                raise typer.Exit(EXIT_ENVIRONMENT) from None
+            log = _write_crash_log(func.__name__, locks.current_run(since=mark))
+            where = f"the full traceback is in {log}" if log else "no crash log could be written"
+            _say(
+                f"[bold red]internal error in {escape(_command_name(func))}:[/] "
+                f"{escape(type(exc).__name__)}: {escape(_one_line(str(exc)))}. This is a bug in "
+                f"dlpipe, not in your input; {escape(where)}. Please report it with that file."
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+        finally:
+            locks.release_since(mark)
 
     wrapper.__doc__ = reflow(func.__doc__)
+    hints = tidy_help(func)
+    sig = inspect.signature(func)
+    wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[
+            p.replace(annotation=hints.get(n, p.annotation)) for n, p in sig.parameters.items()
+        ]
+    )
     return wrapper  # type: ignore[return-value]
+
+
+def tidy_help(func: Callable[..., Any]) -> dict[str, Any]:
+    """The function's annotations, evaluated, with help texts as written: `[default: ...]` shown
+    (rich would eat it as markup, leaving "Output side: 28, 32 or 64 ."), and no `<bool>` type
+    column for flags. Typer reads these objects, not the source strings."""
+    import re
+    import typing
+
+    hints = typing.get_type_hints(func, include_extras=True)
+    for hint in hints.values():
+        if typing.get_origin(hint) is not Annotated:
+            continue
+        base, *extras = typing.get_args(hint)
+        for info in extras:
+            if not isinstance(info, typer.models.ParameterInfo):
+                continue
+            if info.help and "[" in info.help:
+                info.help = re.sub(r"(?<!\\)\[", r"\\[", info.help)
+            if base is bool and isinstance(info, typer.models.OptionInfo) and info.metavar is None:
+                info.metavar = ""
+    return hints
+
+
+def _say(markup: str) -> None:
+    """One paragraph on stderr; under torchrun only rank 0 prints it."""
+    Console(stderr=True, highlight=False, quiet=env_rank() != 0).print(markup, soft_wrap=True)
+
+
+def _command_name(func: Callable[..., Any]) -> str:
+    """`gan train` for dlpipe.cli.gan.train, `export` for dlpipe.cli.onnx.export."""
+    group = func.__module__.rsplit(".", 1)[-1]
+    name = func.__name__.rstrip("_").replace("_", "-")
+    return f"{group} {name}" if group in ("gan", "ae", "data", "weights") else name
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split()) or "(no message)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cache_dir() -> Path:
+    """$DLPIPE_CACHE_DIR, else ~/.cache/dlpipe (the home of crash logs without a run folder)."""
+    env = os.environ.get("DLPIPE_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "dlpipe"
+
+
+def _write_crash_log(name: str, run: Path | None) -> Path | None:
+    """Write the current exception's traceback to RUN/crash.log (or the cache dir); its path."""
+    import datetime
+    import sys
+    import traceback
+
+    from .. import __version__
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    text = (
+        f"dlpipe {__version__}, {stamp} UTC, pid {os.getpid()}, python {sys.version.split()[0]}\n"
+        f"argv: {sys.argv}\n\n{traceback.format_exc()}"
+    )
+    places = [run / "crash.log"] if run is not None else []
+    places.append(cache_dir() / "crash" / f"crash-{stamp}-{os.getpid()}.log")
+    for place in places:
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            place.write_text(text, encoding="utf-8")
+            return place
+        except OSError:
+            continue
+    return None
 
 
 def launch_if_asked(ctx: typer.Context, nproc: int, device: str = "auto") -> None:
@@ -306,8 +443,6 @@ def reflow(doc: str | None) -> str | None:
     """Join the hard-wrapped lines of each docstring paragraph, so help wraps to the terminal."""
     if not doc:
         return doc
-    import inspect
-
     paragraphs = inspect.cleandoc(doc).split("\n\n")
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 

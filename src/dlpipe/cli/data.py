@@ -25,26 +25,24 @@ def list_sets(data_root: DataRootOpt = None, json: JsonOpt = False) -> None:
 
     out = Output(json)
     rows = []
-    for b in BUILTINS.values():
-        rows.append(
-            {
-                "name": b.name,
-                "description": b.description,
-                "images": b.size,
-                "image_size": b.image_size,
-                "classes": 10,
-                "present": b.present(data_root),
-                "source": b.source,
-            }
-        )
     table = Table(title="Built-in data sets (use with --data NAME)")
     for col in ("name", "images", "image size", "classes", "present", "source"):
         table.add_column(col)
-    for r in rows:
-        present = "[green]yes[/]" if r["present"] else "[red]no[/]"
-        table.add_row(
-            r["name"], r["images"], r["image_size"], str(r["classes"]), present, r["source"]
-        )
+    for b in BUILTINS.values():
+        side, _, colour = b.image_size.partition(" ")  # "28x28 gray"
+        row = {
+            "name": b.name,
+            "description": b.description,
+            "images": int(b.size.replace(",", "")),  # JSON numbers are numbers, not "5,000"
+            "image_size": int(side.split("x")[0]),
+            "channels": 1 if colour == "gray" else 3,
+            "classes": 10,
+            "present": b.present(data_root),
+            "source": b.source,
+        }
+        rows.append(row)
+        present = "[green]yes[/]" if row["present"] else "[red]no[/]"
+        table.add_row(b.name, b.size, b.image_size, "10", present, b.source)
     out.print(table)
     out.result({"datasets": rows})
 

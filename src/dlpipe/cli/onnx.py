@@ -237,6 +237,7 @@ def predict(
     quiet: QuietOpt = False,
 ) -> None:
     """Run an ONNX model on images with onnxruntime, Pillow and NumPy only (no torch): the deployed path."""
+    from ..console import shown
     from ..export.predict import PredictConfig
     from ..export.predict import predict as run_predict
 
@@ -244,11 +245,11 @@ def predict(
     cfg = PredictConfig(model, list(images), top_k, provider, out_dir, batch_size, save_csv)
     result = run_predict(cfg, out)
     for f in result["skipped"]:
-        out.warn(f"skipped {f['file']}: {f['reason']}")
+        out.warn(f"skipped {shown(f['file'])}: {shown(f['reason'])}")
     for row in result["predictions"]:
         if "top" in row:
-            best = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
-            out.print(f"{row['file']}: {best}")
+            best = ", ".join(f"{shown(t['class'])} {t['probability']:.1%}" for t in row["top"])
+            out.print(f"{shown(row['file'])}: {best}")
     where = f"{len(result['predictions'])} images on {result['provider']}"
     if result["kind"] == "autoencoder":
         where += f"; outputs written to {out_dir}/"

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..console import shown as _shown
 from . import files, metadata
 
 _DTYPES = {
@@ -73,7 +74,9 @@ def print_inspection(out: Any, info: dict[str, Any]) -> None:
     if meta:
         pre = meta.get("preprocess") or {}
         names = meta.get("class_names") or []
-        shown = ", ".join(names[:10]) + (f" … ({len(names)})" if len(names) > 10 else "")
+        shown = ", ".join(_shown(n) for n in names[:10]) + (
+            f" … ({len(names)})" if len(names) > 10 else ""
+        )
         out.print(
             f"kind {meta.get('kind')} / part {meta.get('part')} / {meta.get('dtype')}; exporter {meta.get('exporter', {}).get('used')}"
         )

@@ -67,12 +67,40 @@ def parse(props: dict[str, str], where: str | Path) -> dict[str, Any]:
         meta = json.loads(props[KEY])
     except json.JSONDecodeError as exc:
         raise BadInput(f"{where}: the dlpipe metadata is not valid JSON ({exc}).") from None
+    if not isinstance(meta, dict):
+        raise _tampered(where, f"is a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT:
         raise BadInput(
             f"{where}: metadata format {meta.get('format')!r} is not {FORMAT!r}.",
             hint="Re-export the model with this dlpipe version.",
         )
+    _check_shapes(meta, where)
     return meta
+
+
+MAX_SIDE = 8192  # a metadata resize/crop beyond this is not an image model's input (1e6: 4 TB)
+
+
+def _check_shapes(meta: dict[str, Any], where: str | Path) -> None:
+    """Types of the fields predict/validate act on, so a tampered file fails with a sentence."""
+    io, pre = meta.get("input"), meta.get("preprocess") or {}
+    if not isinstance(io, dict) or not all(isinstance(io.get(k), str) for k in ("name", "kind")):
+        raise _tampered(where, "has no input description (input.name, input.kind)")
+    if not isinstance(pre, dict):
+        raise _tampered(where, "has a preprocess entry that is not an object")
+    for key in ("resize", "crop"):
+        v = pre.get(key)
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE
+        ):
+            raise _tampered(where, f"asks for preprocess {key} = {str(v)[:40]}, not 1..{MAX_SIDE}")
+
+
+def _tampered(where: str | Path, what: str) -> BadInput:
+    return BadInput(
+        f"{where}: the dlpipe metadata {what}; the file was damaged or edited after export.",
+        hint="Re-export it with `dlpipe export RUN`.",
+    )
 
 
 def from_proto(model: Any, where: str | Path) -> dict[str, Any]:
@@ -82,4 +110,10 @@ def from_proto(model: Any, where: str | Path) -> dict[str, Any]:
 
 def from_session(session: Any, where: str | Path) -> dict[str, Any]:
     """Metadata through onnxruntime alone (the deployed path: no onnx, no torch)."""
-    return parse(dict(session.get_modelmeta().custom_metadata_map), where)
+    meta = parse(dict(session.get_modelmeta().custom_metadata_map), where)
+    names = [i.name for i in session.get_inputs()]
+    if meta["input"]["name"] not in names:  # a renamed graph input would fail deep in session.run
+        raise _tampered(
+            where, f"names the input {meta['input']['name']!r}, but the graph's inputs are {names}"
+        )
+    return meta

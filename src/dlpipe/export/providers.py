@@ -12,7 +12,9 @@ import contextlib
 import io
 import os
 import re
+import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +260,32 @@ def tiny_onnx(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """Send what C/C++ code writes to file descriptor 1 to stderr while the block runs: after
+    `make install-gpu` on a machine without CUDA, onnxruntime prints its `*** EP Error ***` banner
+    straight to fd 1, and `doctor --json` must stay one JSON object on stdout."""
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ else 1
+        saved = os.dup(fd)
+    except (
+        OSError,
+        ValueError,
+        AttributeError,
+    ):  # no real stdout (embedded, closed): nothing to do
+        yield
+        return
+    for stream in (sys.stdout, sys.__stdout__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        os.dup2(2, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 def probe_providers() -> list[dict[str, Any]]:
     """For each listed provider, create a real session and report what `get_providers()` says runs."""
     try:
@@ -273,7 +301,7 @@ def probe_providers() -> list[dict[str, Any]]:
         ]
     ort.set_default_logger_severity(4)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, native_stdout_to_stderr():
         model = Path(tmp) / "relu.onnx"
         tiny_onnx(model)
         for provider in ort.get_available_providers():

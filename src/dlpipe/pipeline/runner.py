@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..atomic import write_text
-from ..errors import BadInput, CheckFailed, DlpipeError
+from ..errors import EXIT_INTERNAL, BadInput, CheckFailed, DlpipeError
+from ..locks import lock
 from ..runs import RunDir
 from .spec import REF, Pipeline, Stage, command_line, stage_def, stage_options
 
@@ -99,10 +101,21 @@ def state_dir(pipeline: Pipeline) -> Path:
 
 
 def _load_state(path: Path) -> dict[str, Any]:
+    """The pipeline's state; junk there is refused (treating it as empty would re-run every stage
+    and silently start trained stages over)."""
+    if not path.exists():
+        return {}
     try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}  # an unreadable state only costs re-running stages, never a wrong skip
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        state = exc
+    if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+        raise BadInput(
+            f"{path} is not a pipeline state file (truncated, damaged or not a JSON object of "
+            "stages).",
+            hint=f"Delete {path} to run every stage again (finished runs stay on disk).",
+        )
+    return state
 
 
 def _selected(pipeline: Pipeline, only: str | None, start: str | None) -> list[Stage]:
@@ -124,7 +137,7 @@ def _metrics_of(result: dict[str, Any] | None) -> dict[str, Any]:
 def _resume(stage: Stage, options: dict[str, Any], last: dict[str, Any], fp: str) -> bool:
     """Whether a training stage that was killed or Ctrl-C'd with the same options, and left a
     checkpoint, should continue (`resume`) instead of starting again."""
-    cut = last.get("status") == "running" or last.get("exit_code") == 130
+    cut = last.get("status") == "running" or last.get("exit_code") in (130, 143)  # Ctrl-C, SIGTERM
     spec = stage_def(stage.command)
     if not cut or last.get("fingerprint") != fp or options.get("resume") or not spec.trains:
         return False
@@ -145,6 +158,8 @@ def run_pipeline(
 
     `echo` prints the plan lines; `out` is the Reporter the stages talk through (quiet if None)."""
     folder = state_dir(pipeline)
+    if not dry_run:
+        lock(folder, "pipeline", "Pipeline state folder")  # one `dlpipe run` per pipeline
     state = _load_state(folder / "state.json")
     results = {name: s.get("result") for name, s in state.items() if s.get("status") == "ok"}
     fps = {name: s.get("fingerprint", "") for name, s in state.items()}
@@ -205,8 +220,11 @@ def _run_one(
         result = invoke(stage, options, out)
     except DlpipeError as exc:
         code, error = exc.exit_code, exc.paragraph()
-    except KeyboardInterrupt:
-        state[stage.name] = {"status": "failed", "fingerprint": fp, "exit_code": 130}
+    except KeyboardInterrupt:  # Ctrl-C (130) or SIGTERM (143): the next run resumes the stage
+        from ..train.interrupt import stopped_by
+
+        code = 143 if stopped_by() == signal.SIGTERM else 130
+        state[stage.name] = {"status": "failed", "fingerprint": fp, "exit_code": code}
         save()
         raise
     seconds = round(time.perf_counter() - started, 1)
@@ -227,7 +245,7 @@ def _stop(pipeline: Pipeline, stage: Stage, folder: Path, rows: list, record: di
         hint=f"Fix the cause, then run `dlpipe run {pipeline.path}` again to continue from "
         f"{stage.name!r} (finished stages are skipped).",
     )
-    error.exit_code = code if code in (1, 2, 3) else 1
+    error.exit_code = code if code in (1, 2, 3, EXIT_INTERNAL, 130, 143) else 1
     error.summary = summary  # type: ignore[attr-defined]
     raise error
 

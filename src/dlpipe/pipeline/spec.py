@@ -74,6 +74,30 @@ def _mapping_items(node: yaml.Node) -> list[tuple[str, yaml.Node, int]]:
     return [(str(k.value), v, k.start_mark.line + 1) for k, v in node.value]
 
 
+def _refuse_duplicates(path: Path, node: yaml.Node, seen_nodes: set[int] | None = None) -> None:
+    """A key given twice in one mapping (YAML silently keeps the last) is a mistake: refuse it.
+    Each node is visited once (aliases share nodes: a billion-laughs file stays cheap)."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if str(key.value) in seen:
+                raise _fail(
+                    path,
+                    line,
+                    f"key {key.value!r} is given twice (first on line {seen[key.value]}).",
+                )
+            seen[str(key.value)] = line
+            _refuse_duplicates(path, value, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicates(path, item, seen_nodes)
+
+
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
     """Read and check a pipeline file; `overrides` are `stage.option=value` strings."""
     path = Path(path)
@@ -83,12 +107,17 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         )
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _fail(
+            path, 0, f"not UTF-8 text (byte {exc.start}); a pipeline file is YAML."
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0
         raise _fail(path, line, f"not valid YAML ({getattr(exc, 'problem', exc)}).") from None
     if not isinstance(root, yaml.MappingNode):
         raise _fail(path, 1, "a pipeline file is a mapping with `name` and `stages`.")
+    _refuse_duplicates(path, root)
     top = {k: (v, line) for k, v, line in _mapping_items(root)}
     unknown = set(top) - {"name", "stages", "runs_dir", "description"}
     for key in unknown:
@@ -101,8 +130,18 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     if "stages" not in top or not isinstance(top["stages"][0], yaml.SequenceNode):
         raise _fail(path, 1, "`stages` must be a list of stages.")
     stages = [_stage(path, node, i) for i, node in enumerate(top["stages"][0].value)]
+    name = (
+        str(_plain(top["name"][0])) if "name" in top else re.sub(r"[^A-Za-z0-9_-]", "-", path.stem)
+    )
+    if not _NAME.match(name):  # it names a folder under runs/pipelines/: no "..", "/" or markup
+        raise _fail(
+            path,
+            top["name"][1] if "name" in top else 1,
+            f"pipeline name {name!r} may use letters, digits, '-' and '_' only.",
+            hint="It names the folder runs/pipelines/NAME that holds the pipeline's state.",
+        )
     pipeline = Pipeline(
-        name=str(_plain(top["name"][0])) if "name" in top else path.stem,
+        name=name,
         path=path,
         stages=stages,
         runs_dir=str(_plain(top["runs_dir"][0])) if "runs_dir" in top else None,

@@ -1,7 +1,11 @@
-"""Ctrl-C and full disks during training: save (or keep) a checkpoint and say how to resume.
+"""Ctrl-C, SIGTERM and full disks during training: save (or keep) a checkpoint, say how to resume.
 
-The first SIGINT only sets a flag that the training loop checks between steps (a step is never cut
-in half, so the saved optimizer, weights and RNG agree); a second SIGINT interrupts at once.
+The first SIGINT (or SIGTERM, as sent by `kill`, systemd or a batch scheduler) only sets a flag that
+the training loop checks between steps (a step is never cut in half, so the saved optimizer,
+weights and RNG agree); a second one interrupts at once. Both travel as KeyboardInterrupt; the CLI
+asks `stopped_by()` to exit 130 for SIGINT and 143 for SIGTERM. SIGTERM is only taken over in a
+single process: under torchrun the launcher sends it to tear the ranks down, and a save that waits
+for dead ranks would hang.
 """
 
 from __future__ import annotations
@@ -11,6 +15,43 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+_last = {"signal": 0}  # the signal that stopped the current command (0: none)
+
+
+def stopped_by() -> int:
+    """signal.SIGTERM or SIGINT when a signal stopped the run, else 0."""
+    return _last["signal"]
+
+
+def reset() -> None:
+    """Forget the last signal (a new command starts)."""
+    _last["signal"] = 0
+
+
+def _sigterm_is_ours() -> bool:
+    from ..distributed import env_world_size
+
+    return threading.current_thread() is threading.main_thread() and env_world_size() <= 1
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises KeyboardInterrupt (remembered as SIGTERM) instead of
+    killing the process without a word; a no-op off the main thread and under torchrun."""
+    if not _sigterm_is_ours():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        _last["signal"] = signal.SIGTERM
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Interrupted(Exception):
@@ -31,21 +72,31 @@ class StopFlag:
 
 @contextlib.contextmanager
 def catch_sigint() -> Iterator[StopFlag]:
-    """Turn the first Ctrl-C into a flag while the block runs (main thread only; else a no-op)."""
+    """Turn the first Ctrl-C (or SIGTERM, in a single process) into a flag while the block runs
+    (main thread only; else a no-op)."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
+    signals = [signal.SIGINT] + ([signal.SIGTERM] if _sigterm_is_ours() else [])
 
     def handler(signum: int, frame: object) -> None:
         flag.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: stop now
+        _last["signal"] = signum
+        for sig in signals:  # a second signal: stop now
+            signal.signal(sig, _raise_now)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _raise_now(signum: int, frame: object) -> None:
+    _last["signal"] = signum
+    raise KeyboardInterrupt
 
 
 def resume_hint(command: str, run_path: Path, epoch: int, step: int) -> str:
@@ -63,14 +114,16 @@ def save_or_explain(save: Callable[[], Path], path: Path) -> Path:
     """Run a checkpoint save; a failed write (disk full, folder gone) becomes one clear error."""
     import errno
 
+    from ..atomic import free_space
     from ..errors import BadInput, EnvironmentProblem
 
     try:
         return save()
     except OSError as exc:  # the atomic write left the previous checkpoint whole
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        space = f" ({free_space(path)} free there)" if full else ""
         raise (EnvironmentProblem if full else BadInput)(
-            f"Cannot write checkpoint {path}: {exc.strerror or exc}. The previous checkpoint "
-            "there (if any) is unchanged.",
+            f"Cannot write checkpoint {path}: {exc.strerror or exc}{space}. The previous "
+            "checkpoint there (if any) is unchanged.",
             hint="Free some disk space or choose a writable --runs-dir, then continue with --resume.",
         ) from None

@@ -19,7 +19,7 @@ from ...checkpoint import load_checkpoint, save_checkpoint
 from ...checkpoint_meta import CheckpointMeta
 from ...config import AeConfig
 from ...distributed import DistContext, all_reduce_sum
-from ...errors import CheckFailed
+from ...errors import Diverged
 from ...models.autoencoder import build_autoencoder
 from ...models.unet import unet_depth
 from ...plots import plot_curves
@@ -191,9 +191,10 @@ def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any, stop: 
         advance(1)
     mean = float(all_reduce_sum(total, s.ctx)) / max(len(spans), 1)
     if not np.isfinite(mean):
-        raise CheckFailed(
-            f"Autoencoder training diverged: the loss is NaN/Inf in epoch {epoch}.",
-            hint="Lower --lr; the last good checkpoint was kept in checkpoints/last.safetensors.",
+        raise Diverged(
+            f"Training diverged: the autoencoder loss is NaN/Inf in epoch {epoch}; the last good "
+            "checkpoint was kept in checkpoints/last.safetensors.",
+            hint="Lower --lr (Adam: 5e-4 .. 3e-3), then --resume or start again.",
         )
     return mean
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...atomic import atomic_path
+from ...atomic import atomic_path, optional_write
 from ...data import Preprocess
 from ...data.arrays import Tally, decode_workers, decoded_batches
 from ...data.sources import ImageDataset
@@ -264,8 +264,8 @@ def cached_features(
         labels, info = _labels_and_info(ds, indices[ok.numpy()], split, weights_hash, bad)
         info["engine"] = "onnxruntime" if net is not None else "torch"
         feats = feats if bool(ok.all()) else feats[ok]
-        if ctx.is_main:
-            save(path, feats, labels, info)
+        if ctx.is_main:  # the cache is optional: an unwritable one is a warning
+            optional_write(lambda: save(path, feats, labels, info), path, "feature cache")
         hit, how = (feats, labels), "computed-sharded" if ctx.enabled else "computed"
         _BAD[key] = bad
     else:

@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from ...checkpoint import load_checkpoint
+from ...console import shown
 from ...plots import plot_confusion, plot_curves
 from .loop import evaluate
 from .session import Session
@@ -145,7 +146,7 @@ def summary(s: Session, metrics: dict[str, Any], artifacts: dict[str, str]) -> N
     t.add_row(f"held-out acc ({metrics['held_out_split']}, n={metrics['held_out_size']})",
               f"[bold]{metrics['held_out_acc']:.4f}[/]")  # fmt: skip
     worst = sorted((v, k) for k, v in metrics["per_class_acc"].items() if v is not None)[:3]
-    t.add_row("weakest classes", ", ".join(f"{k} {v:.3f}" for v, k in worst))
+    t.add_row("weakest classes", ", ".join(f"{shown(k)} {v:.3f}" for v, k in worst))
     s.out.print(t)
     s.run.log(f"held-out acc {metrics['held_out_acc']:.4f}")
     s.out.print(f"run folder: {s.run.path} (checkpoints/best|last.safetensors, "

@@ -1,0 +1,214 @@
+"""Faults and bugs at the CLI boundary: internal errors (exit 70 + crash.log), run-folder locks,
+SIGTERM, and restarting a run folder's metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from dlpipe.cli.common import command
+from dlpipe.errors import EXIT_INTERNAL
+
+
+def _app(fn) -> typer.Typer:  # noqa: ANN001 - a command function
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.command()(command(fn))
+    app.command("noop")(lambda: None)  # two commands: the first is invoked by name
+    return app
+
+
+def _run(app: typer.Typer, *argv: str):  # noqa: ANN202 - a click Result
+    return CliRunner().invoke(app, list(argv), catch_exceptions=False)
+
+
+def test_a_bug_is_one_paragraph_exit_70_and_a_crash_log_in_the_cache(tmp_path) -> None:
+    def boom() -> None:
+        {}["missing key"]  # noqa: B018 - a bug, as a user would meet it
+
+    res = _run(_app(boom), "boom")
+    assert res.exit_code == EXIT_INTERNAL == 70
+    text = " ".join(res.stderr.split())
+    assert "Traceback" not in text
+    assert "internal error in boom: KeyError: 'missing key'" in text
+    logs = list((tmp_path / ".cache" / "dlpipe" / "crash").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in res.stderr
+    log = logs[0].read_text()
+    assert "Traceback (most recent call last)" in log and "KeyError: 'missing key'" in log
+
+
+def test_a_bug_during_a_run_leaves_its_crash_log_in_the_run_folder() -> None:
+    from dlpipe.runs import create_run_dir
+
+    def train() -> None:
+        create_run_dir("ae", "x", "runs")
+        raise ValueError("shapes do not match")
+
+    res = _run(_app(train), "train")
+    assert res.exit_code == 70
+    assert Path("runs/ae/x/crash.log").is_file()
+    assert "runs/ae/x/crash.log" in "".join(res.stderr.split())
+    assert "ValueError: shapes do not match" in Path("runs/ae/x/crash.log").read_text()
+    assert not Path("runs/ae/x/.lock").exists()  # the command's lock went with it
+
+
+def test_dlpipe_errors_and_usage_errors_keep_their_codes() -> None:
+    from dlpipe.errors import EnvironmentProblem
+
+    def env() -> None:
+        raise EnvironmentProblem("no [bold]GPU[/bold] here.")
+
+    res = _run(_app(env), "env")
+    assert res.exit_code == 3
+    assert "no [bold]GPU[/bold] here." in res.stderr  # markup in messages is shown, not applied
+    res = _run(_app(env), "env", "--nope")
+    assert res.exit_code == 2
+
+    def relay() -> None:  # e.g. --nproc relays the exit code of the torchrun it ran
+        raise typer.Exit(130)
+
+    assert _run(_app(relay), "relay").exit_code == 130
+
+
+def test_a_full_disk_anywhere_is_exit_3_with_the_path_not_a_bug() -> None:
+    """Any write that hits ENOSPC (here a plain atomic write, as plots or reports do) is an
+    environment problem: exit 3, the file and the free space, no crash log."""
+    import errno
+
+    from dlpipe.atomic import atomic_path
+
+    def report() -> None:
+        with atomic_path("out/report.md") as tmp:
+            tmp.write_text("partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # the disk filled up here
+
+    res = _run(_app(report), "report")
+    assert res.exit_code == 3
+    text = " ".join(res.stderr.split())
+    assert "Cannot write out/report.md: No space left on device (" in text and "free there" in text
+    assert sorted(p.name for p in Path("out").iterdir()) == []  # no temp file left
+    assert not Path(".cache/dlpipe/crash").exists()
+
+
+def test_a_run_folder_has_one_writer_at_a_time(tmp_path) -> None:
+    from dlpipe.errors import BadInput
+    from dlpipe.locks import LOCK_NAME, lock, mark, release_since
+
+    folder = tmp_path / "runs" / "ae" / "x"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dlpipe.locks import lock; "
+         "lock(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(folder)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(BadInput) as err:
+            lock(folder)
+        assert f"in use by process {holder.pid}" in err.value.paragraph()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: its lock file is stale and is taken over
+    assert (folder / LOCK_NAME).exists()
+    here = mark()
+    lock(folder)
+    assert (folder / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+    release_since(here)
+    assert not (folder / LOCK_NAME).exists()
+
+
+def test_two_runs_with_one_name_do_not_interleave(cli, tmp_path) -> None:
+    """A second `--exist-ok` run of a folder in use is refused (exit 2) and writes nothing there."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from dlpipe.locks import lock; "
+         "lock('runs/ae/x'); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        res = cli("ae", "train", "--data", "digits", "--name", "x", "--exist-ok", "--epochs", "1",
+                  "--limit", "32", "--device", "cpu", "-q")  # fmt: skip
+        assert res.exit_code == 2
+        assert f"Run folder runs/ae/x is in use by process {holder.pid}" in " ".join(
+            res.stderr.split()
+        )
+        assert sorted(p.name for p in Path("runs/ae/x").iterdir()) == [".lock", "checkpoints"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_exist_ok_restarts_metrics_instead_of_appending(cli) -> None:
+    argv = ["ae", "train", "--data", "digits", "--width", "4", "--latent", "4", "--epochs", "1",
+            "--batch-size", "16", "--limit", "48", "--device", "cpu", "-q", "--name", "m"]  # fmt: skip
+    assert cli(*argv).exit_code == 0
+    res = cli(*argv, "--exist-ok")
+    assert res.exit_code == 0, res.output
+    rows = Path("runs/ae/m/metrics.csv").read_text().splitlines()
+    assert len(rows) == 2, rows  # header + one epoch, not two runs' epochs
+    assert not Path("runs/ae/m/.lock").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_during_training_saves_and_exits_143(tmp_path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dlpipe", "ae", "train", "--data", "digits", "--width", "4",
+         "--latent", "4", "--epochs", "200", "--batch-size", "8", "--device", "cpu",
+         "--name", "t", "-q"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    metrics = Path("runs/ae/t/metrics.csv")
+    while not metrics.exists() and time.time() < deadline:  # one epoch done: mid-training now
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    text = " ".join(err.split())
+    assert "Traceback" not in text
+    assert "checkpoint saved to runs/ae/t/checkpoints/last.safetensors" in text
+    assert "dlpipe ae train --resume --name t" in text and "terminated" in text
+
+
+def test_native_banners_cannot_break_doctor_json() -> None:
+    """What onnxruntime's C++ code prints to fd 1 inside the probe lands on stderr, so the one
+    JSON object stays alone on stdout (here a native write stands in for its EP Error banner)."""
+    code = (
+        "import os, dlpipe.doctor as d\n"
+        "real = d.probe_providers\n"
+        "def noisy():\n"
+        "    with d.native_stdout_to_stderr():\n"
+        "        os.write(1, b'*************** EP Error ***************\\n')\n"
+        "    return real()\n"
+        "d.probe_providers = noisy\n"
+        "from dlpipe.cli import app\n"
+        "app(['doctor', '--json'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    report = json.loads(out.stdout)
+    assert "providers" in report and "EP Error" in out.stderr
+
+
+def test_under_raw_torchrun_the_paragraph_is_printed_once_and_names_the_cause(tmp_path) -> None:
+    """Rank 0 alone prints dlpipe's paragraph; torchrun's own failure report (which it always
+    prints) quotes that paragraph instead of "<N/A>"; no rank prints a Python traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "dlpipe", "gan", "train", "--device", "cpu", "--data", "./missing"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.count("error: ") == 1, out.stderr  # one rank speaks
+    report = out.stderr[out.stderr.index("Failures:") if "Failures:" in out.stderr else 0 :]
+    assert "dlpipe: " in report and "missing" in report and "(exit code 2)" in report, report
+    assert "<N/A>" not in out.stderr

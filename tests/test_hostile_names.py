@@ -1,0 +1,198 @@
+"""Names are data, sizes are checked, JSON is JSON: pipeline names, duplicate keys, state files,
+skipped.txt rows, class names with markup or escapes, empty paths, absurd sizes, NaN."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import parse_json
+
+STAGE = """\
+stages:
+  - name: first
+    command: data export
+    args: [digits, out/first]
+    limit: 20
+    force: true
+"""
+
+
+def _said(res, *phrases: str) -> None:  # noqa: ANN001 - a click Result
+    text = " ".join(res.output.split())
+    assert "Traceback" not in text, text
+    for phrase in phrases:
+        assert phrase in text, f"{phrase!r} not in {text!r}"
+
+
+@pytest.mark.parametrize("name", ["../../../../somewhere/ESCAPED", "/tmp/abs", "a b", "[red]x"])
+def test_a_pipeline_name_cannot_escape_runs(cli, name) -> None:
+    Path("p.yaml").write_text(f"name: {json.dumps(name)}\n{STAGE}")
+    res = cli("run", "p.yaml")
+    assert res.exit_code == 2
+    _said(res, "p.yaml:1: pipeline name", "may use letters, digits, '-' and '_' only")
+    assert not Path("out").exists() and not Path("runs").exists()
+    assert not list(Path("/tmp").glob("abs/state.json"))
+
+
+def test_a_file_name_that_is_not_a_name_is_tidied(cli) -> None:
+    Path("my pipeline.v2.yaml").write_text(STAGE)
+    res = cli("run", "my pipeline.v2.yaml", "--json")
+    assert res.exit_code == 0, res.output
+    assert Path("runs/pipelines/my-pipeline-v2/state.json").is_file()
+
+
+def test_duplicate_yaml_keys_are_refused(cli) -> None:
+    Path("p.yaml").write_text(STAGE.replace("    limit: 20\n", "    limit: 20\n    limit: 5\n"))
+    res = cli("run", "p.yaml")
+    assert res.exit_code == 2
+    _said(res, "p.yaml:6: key 'limit' is given twice (first on line 5)")
+
+
+def test_an_alias_bomb_stays_cheap() -> None:
+    import time
+
+    from dlpipe.errors import BadInput
+    from dlpipe.pipeline import load_pipeline
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    Path("bomb.yaml").write_text("\n".join(lines) + "\n")
+    started = time.perf_counter()
+    with pytest.raises(BadInput):
+        load_pipeline("bomb.yaml")
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(
+    "junk", [b"\x00\xff\xfe garbage", b'{"first": {"status": "ok"', b"[1, 2, 3]", b'{"first": 3}']
+)
+def test_junk_or_truncated_state_is_refused_not_treated_as_empty(cli, junk) -> None:
+    Path("p.yaml").write_text(f"name: p\n{STAGE}")
+    state = Path("runs/pipelines/p/state.json")
+    state.parent.mkdir(parents=True)
+    state.write_bytes(junk)
+    res = cli("run", "p.yaml")
+    assert res.exit_code == 2
+    _said(res, f"{state} is not a pipeline state file", f"Delete {state}")
+    assert not Path("out").exists()  # nothing re-ran
+    assert state.read_bytes() == junk
+
+
+def test_one_pipeline_runs_once_at_a_time(cli) -> None:
+    import subprocess
+    import sys
+
+    Path("p.yaml").write_text(f"name: p\n{STAGE}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from dlpipe.locks import lock; "
+         "lock('runs/pipelines/p'); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        res = cli("run", "p.yaml")
+        assert res.exit_code == 2
+        _said(res, f"Pipeline state folder runs/pipelines/p is in use by process {holder.pid}")
+        assert not Path("out").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli("run", "p.yaml").exit_code == 0  # the dead holder's lock is stale: taken over
+
+
+def test_skipped_txt_rows_cannot_be_forged(tmp_path, capsys) -> None:
+    from dlpipe.console import Output
+    from dlpipe.runs import RunDir
+
+    names = ["[bold red]one\x1b[2J.png", "evil.png\nforged.png\tcorrupt", 'quote".png', "a\tb.png"]
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.report_skipped([(n, "corrupt") for n in names], Output())
+    with open(run.path / "skipped.txt", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    assert rows == [["file", "reason"]] + [[n, "corrupt"] for n in names]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "\x1b" not in err and "[bold red]one\\x1b[2J.png" in err
+    assert "evil.png\\x0aforged.png\\x09corrupt" in err
+
+
+def test_class_names_are_printed_as_typed(cli) -> None:
+    """Markup in a class folder name is not applied, an escape sequence is shown, not sent."""
+    rng = np.random.default_rng(0)
+    names = ["[bold red]one", "two\x1b[2J"]
+    for c, name in enumerate(names):
+        (Path("d") / name).mkdir(parents=True)
+        for i in range(8):
+            arr = rng.integers(0, 60, (8, 8), dtype=np.uint8) + (150 if c else 0)
+            Image.fromarray(arr.astype(np.uint8)).save(Path("d") / name / f"{i}.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = cli("finetune", "--backbone", "mnist_cnn_bn", "--weights", "none", "--data", "d",
+                  "--epochs", "1", "--image-size", "8", "--device", "cpu", "--name", "n")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    leaked = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert not leaked, leaked  # e.g. matplotlib's "Glyph 27 missing from font" chatter
+    assert "\x1b[2J" not in res.output
+    assert "two\\x1b[2J" in res.output and "[bold red]one" in res.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (["ae", "train", "--data", ""], "Invalid value for '--data' / '-d': is empty"),
+        (["ae", "train", "--runs-dir", ""], "Invalid value for '--runs-dir': is empty"),
+        (["finetune", "--image-size", "100000"], "--image-size 100000: one batch of 64 images"),
+        (["gan", "sample", "x", "-n", "100000000"], "-n 100000000: a grid of 100,000,000 samples"),
+        (["validate", "m.onnx", "--batch-sizes", "1,1000000"],
+         "--batch-sizes 1,1000000: a batch of 1,000,000 images"),
+        (["ae", "train", "--lr", "1e38"], "--lr 1e+38 is outside its usable range (0, 1e+30]"),
+        (["finetune", "--lr", "inf"], "--lr inf is outside its usable range"),
+    ],
+)  # fmt: skip
+def test_empty_paths_and_absurd_sizes_are_refused_before_anything_runs(cli, argv, phrase) -> None:
+    res = cli(*argv)
+    assert res.exit_code == 2, res.output
+    _said(res, phrase)
+    if "image-size" in phrase or "-n " in phrase or "batch-sizes" in phrase:
+        _said(res, "GiB of memory, but this machine has")
+    assert not Path("runs").exists()
+
+
+def test_nan_in_json_output_is_null(capsys) -> None:
+    from dlpipe.console import Output
+
+    Output(json_mode=True).result({"metrics": {"acc": float("nan"), "inf": float("inf"), "n": 3}})
+    line = capsys.readouterr().out
+    assert json.loads(line) == {"metrics": {"acc": None, "inf": None, "n": 3}}
+    assert "NaN" not in line and "Infinity" not in line
+
+
+def test_data_list_json_numbers_are_numbers(cli) -> None:
+    rows = {r["name"]: r for r in parse_json(cli("data", "list", "--json").stdout)["datasets"]}
+    assert rows["mnist5k"]["images"] == 5000 and rows["mnist5k"]["image_size"] == 28
+    assert rows["digits"]["images"] == 1797 and rows["digits"]["channels"] == 1
+
+
+def test_help_shows_defaults_and_no_bool_metavar(cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option
+    lines = cli("gan", "train", "--help").stdout.splitlines()
+    image = next(ln for ln in lines if "--image-size" in ln)
+    assert "Output side: 28, 32 or 64 [default: the data's]." in image
+    flags = [ln for ln in lines if any(f in ln for f in ("--json", "--quiet", "--deterministic"))]
+    assert len(flags) == 3 and not any("<bool>" in ln for ln in flags), flags
+
+
+def test_progress_never_counts_negative(capsys) -> None:
+    from dlpipe.console import Output
+
+    with Output().progress("gan train", -710) as advance:
+        advance(0)
+    err = capsys.readouterr().err
+    assert "-710" not in err and "0/0" in err
