@@ -160,8 +160,5 @@ def test_bad_noise_is_exit_2(cli, stripes):
     res = cli("ae", "train", "--data", stripes, "--noise", "blur:2", *TINY)
     assert res.exit_code == 2 and "--noise" in res.stderr
     res = cli("ae", "train", "--data", stripes, "--arch", "resnet", *TINY)
-    assert (
-        res.exit_code == 2
-        and "--arch 'resnet'" in res.stderr
-        and not any(Path("runs/ae").iterdir())
-    )
+    assert res.exit_code == 2 and "'resnet' is not one of" in " ".join(res.stderr.split())
+    assert not Path("runs/ae").exists() or not any(Path("runs/ae").iterdir())

@@ -183,9 +183,10 @@ def test_native_banners_cannot_break_doctor_json() -> None:
     JSON object stays alone on stdout (here a native write stands in for its EP Error banner)."""
     code = (
         "import os, dlpipe.doctor as d\n"
+        "from dlpipe.export.providers import native_stdout_to_stderr\n"
         "real = d.probe_providers\n"
         "def noisy():\n"
-        "    with d.native_stdout_to_stderr():\n"
+        "    with native_stdout_to_stderr():\n"
         "        os.write(1, b'*************** EP Error ***************\\n')\n"
         "    return real()\n"
         "d.probe_providers = noisy\n"

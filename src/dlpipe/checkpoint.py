@@ -160,7 +160,7 @@ ARCH_LIMITS = {
 _BUILT_KINDS = ("classifier", "generator", "autoencoder")
 _REQUIRED = {  # what each kind's builder reads from meta["arch"]
     "generator": ("nz", "ngf", "image_size", "channels"),
-    "autoencoder": ("latent", "image_size", "channels", "width"),
+    "autoencoder": ("image_size", "channels", "width"),  # + latent for the conv net
     "classifier": ("backbone", "num_classes"),
 }
 
@@ -171,6 +171,8 @@ def check_meta(path: Path, meta: dict[str, Any]) -> None:
     if meta.get("kind") in _BUILT_KINDS and not isinstance(arch, dict):
         raise _damaged(path, "meta.arch", "is missing or not a mapping")
     missing = [k for k in _REQUIRED.get(str(meta.get("kind")), ()) if k not in arch]
+    if meta.get("kind") == "autoencoder" and arch.get("net", "conv") == "conv":
+        missing += [] if "latent" in arch else ["latent"]  # the U-Net has no latent vector
     if missing:
         raise _damaged(path, "meta.arch", f"lacks {', '.join(missing)}")
     if meta.get("kind") == "classifier" and not isinstance(arch.get("backbone"), str):

@@ -100,8 +100,11 @@ def _compare_runner(
     sets: list[InputSet],
     cfg: ValidateConfig,
     tol: Any,
+    refs: dict[tuple, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """Names, shapes at each batch size, values and task agreement for one runtime/provider."""
+    """Names, shapes at each batch size, values and task agreement for one runtime/provider.
+    `refs` keeps PyTorch's outputs per (device, set, batch size, batch): every runtime is compared
+    with the same reference, computed once."""
     import torch
 
     tag = runner.tag
@@ -123,14 +126,20 @@ def _compare_runner(
         got_all, ref_all = [], []
         for bs in sizes:
             shapes_ok, shape_note = True, ""
-            for xb in _batches(s.x, bs):
+            for i, xb in enumerate(_batches(s.x, bs)):
                 try:
                     got = np.asarray(runner.run(xb))
                 except Exception as exc:  # a runtime that loads a file but cannot run it
                     rows.append(_run_failed(tag, s.name, bs, exc))
                     return rows
-                with torch.no_grad():
-                    ref = torch_model(torch.from_numpy(xb).to(runner.device)).float().cpu().numpy()
+                key = (str(runner.device), s.name, bs, i)
+                ref = (refs or {}).get(key)
+                if ref is None:
+                    with torch.no_grad():
+                        x = torch.from_numpy(xb).to(runner.device)
+                        ref = torch_model(x).float().cpu().numpy()
+                    if refs is not None:
+                        refs[key] = ref
                 if got.shape != ref.shape:
                     shapes_ok, shape_note = False, f"onnx {got.shape} vs torch {ref.shape}"
                     break
@@ -198,6 +207,7 @@ def validate(cfg: ValidateConfig) -> dict[str, Any]:
     providers: list[dict[str, Any]] = []
     latency: list[dict[str, Any]] = []
     tolerances: dict[str, Any] = {}
+    refs: dict[tuple, np.ndarray] = {}  # PyTorch's outputs, shared by every runtime
     for name in names:
         for runner, opened in _open(name, model_path, cfg, providers):
             rows.append({**opened, "runtime": name})
@@ -205,7 +215,7 @@ def validate(cfg: ValidateConfig) -> dict[str, Any]:
                 continue
             judged_by = _tolerance_for(runner, dtype, cfg, tol)
             tolerances[runner.tag] = compare.tolerance_dict(judged_by)
-            checks = _compare_runner(runner, torch_model, meta, sets, cfg, judged_by)
+            checks = _compare_runner(runner, torch_model, meta, sets, cfg, judged_by, refs)
             rows += [{**r, "runtime": name} for r in checks]
             ran = not any(r["check"].startswith("run ") for r in checks)
             if cfg.latency_runs and ran:
