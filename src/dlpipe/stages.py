@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -157,7 +158,39 @@ def build(
     cfg = cls(**values)
     if hasattr(cfg, "check"):
         cfg.check()
-    return cfg, RunOptions(**run_values)
+    return tiny(stage, cfg), RunOptions(**run_values)
+
+
+TINY_ENV = "DLPIPE_TINY"
+# epochs, training images, validation/test images, GAN fd images; validate's inputs and timed runs
+TINY_CAPS = {
+    "epochs": 1,
+    "limit": 64,
+    "eval_limit": 32,
+    "fd_images": 16,
+    "n": 16,
+    "latency_runs": 1,
+}
+
+
+def tiny(stage: Stage, cfg: Any) -> Any:
+    """`cfg` at a tiny size when DLPIPE_TINY=1: the same command line and code path, seconds on a CPU.
+
+    For tests and docs checks (tests/test_readme.py runs every README command this way); never set
+    by dlpipe itself. Caps the fields a config has (TINY_CAPS); a staged fine-tune still unfreezes
+    (after epoch 1 of 2). Training stages run on the CPU unless a device is named explicitly, so an
+    explicit `--device cuda` still meets the machine as typed."""
+    if os.environ.get(TINY_ENV, "") in ("", "0"):
+        return cfg
+    names = {f.name for f in dataclasses.fields(cfg)}
+    values = {k: getattr(cfg, k) for k in TINY_CAPS if k in names}
+    caps = {k: TINY_CAPS[k] if v is None else min(v, TINY_CAPS[k]) for k, v in values.items()}
+    if getattr(cfg, "unfreeze_after", None) is not None:
+        caps["unfreeze_after"] = min(cfg.unfreeze_after, 1)
+        caps["epochs"] = min(cfg.epochs, caps["unfreeze_after"] + 1)
+    if stage.trains and cfg.device == "auto":
+        caps["device"] = "cpu"
+    return dataclasses.replace(cfg, **caps)
 
 
 def _required(f: dataclasses.Field) -> bool:
