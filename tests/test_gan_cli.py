@@ -57,6 +57,26 @@ def tiny_run(tmp_path_factory) -> Path:
     return base
 
 
+def test_a_run_too_short_for_a_dcgan_says_so_up_front(tmp_path):
+    """A flat folder of a few photos for one epoch gives grey-noise grids: the run says why."""
+    from dlpipe.config import GanConfig
+    from dlpipe.train.gan import _warn_if_too_short
+
+    said: list[str] = []
+
+    class Out:
+        def warn(self, message: str) -> None:
+            said.append(message)
+
+    _warn_if_too_short(GanConfig(epochs=1), 24, 64, Out())
+    assert said and "1 generator steps on 24 images at 64 px" in said[0]
+    _warn_if_too_short(GanConfig(epochs=25), 4500, 28, Out())  # the quickstart: no warning
+    assert len(said) == 1
+    res = _train(tmp_path, "--data", str(_blob_folder(tmp_path / "b")), "--epochs", "1",
+                 "--fd-every", "0", *TINY)  # fmt: skip
+    assert res.exit_code == 0 and "grey noise" in " ".join(res.stderr.split())
+
+
 def test_train_json_metrics_and_artifacts(tiny_run):
     result = parse_json((tiny_run / "result.json").read_text())
     run = Path(tiny_run / result["run_dir"])

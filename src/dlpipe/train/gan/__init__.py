@@ -41,9 +41,29 @@ def train_gan(
         state.restore(run.checkpoint("last"))
         share_rng(ctx, device)  # the saved CUDA state is rank 0's device's
 
+    if ctx.is_main and not resume:
+        _warn_if_too_short(cfg, len(data.train), data.image_size, out)
     shown = f"training on {len(data.train)}, held out {len(data.heldout)}"
     logged = f"gan train: {data.summary}; arch {state.arch}"
     begin_run(run, data, out, cfg, state, resume, shown, logged, ctx)
     started = time.perf_counter()
     run_epochs(state, data, run, out)
     return on_main(lambda: final_outputs(state, data, run, out, time.perf_counter() - started), ctx)
+
+
+# Generator updates before DCGAN samples stop being grey noise: ~700 on mnist5k at 28 px (digits
+# appear after ~10 epochs of 4,500 images); larger images and fewer of them need more.
+MIN_STEPS = 1000
+MIN_IMAGES = 1000
+
+
+def _warn_if_too_short(cfg: GanConfig, images: int, side: int, out: Any) -> None:
+    """Say up front when a run is too short or its data too small for samples to show anything."""
+    steps = -(-images // cfg.batch_size) * cfg.epochs
+    if steps >= MIN_STEPS and images >= MIN_IMAGES:
+        return
+    out.warn(
+        f"this DCGAN gets {steps} generator steps on {images} images at {side} px; samples usually "
+        f"stay grey noise below ~{MIN_STEPS} steps and ~{MIN_IMAGES} images (more at 64 px). "
+        "Train longer (--epochs), add images, or use a smaller --image-size (28 or 32)."
+    )
