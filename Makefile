@@ -24,13 +24,15 @@ demo: install
 	$(VENV)/bin/dlpipe run pipelines/quickstart.yaml
 
 # Each script measures dlpipe against a baseline side by side and writes benchmarks/results/.
-# Together they take about half an hour on 2 cores; the soak test (benchmarks/soak.py) is separate.
+# Together they take a few hours on 2 cores (bench_quality about 1 h); the soak test (benchmarks/soak.py) is separate.
 bench: install
 	$(PY) benchmarks/bench_onnx_cpu.py
 	$(PY) benchmarks/bench_finetune.py
 	$(PY) benchmarks/bench_gan.py
 	$(PY) benchmarks/bench_ae.py --quickstart
 	$(PY) benchmarks/bench_scaleout.py
+	$(PY) benchmarks/bench_quality.py
+	$(PY) benchmarks/bench_data.py --n 20000 --size 192
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
