@@ -71,3 +71,10 @@ def test_eval_through_the_api() -> None:
                         eval_limit=40, image_size=8, device="cpu")  # fmt: skip
     ev = dlpipe.eval(r["run_dir"], data="digits", limit=50)
     assert 0.0 <= ev["metrics"]["accuracy"] <= 1.0
+
+
+def test_sizes_are_checked_for_api_calls_too() -> None:
+    """The memory check reads the built config, so a list of batch sizes (API, pipelines) is
+    checked like the CLI's comma string."""
+    with pytest.raises(BadInput, match="--batch-sizes .* needs at least"):
+        dlpipe.validate("missing.onnx", batch_sizes=[1, 10**7])

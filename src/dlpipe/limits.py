@@ -84,7 +84,7 @@ def check_options(options: dict[str, Any]) -> None:
             f"one batch of {batch} images of {side}x{side} px",
             "Use an image size in the hundreds of pixels (e.g. 224), or a smaller --batch-size.",
         )
-    n = _int(options.get("n"))
+    n = _int(options.get("n")) or _int(options.get("num"))  # -n on the CLI, num in the config
     if n:  # gan sample: n images (float32 + uint8) of at most 64x64x3, plus the grid
         check_fits(
             n * 3 * 64 * 64 * (4 + 1 + 1),
@@ -92,9 +92,10 @@ def check_options(options: dict[str, Any]) -> None:
             f"a grid of {n:,} samples",
             "Sample fewer images per grid (a few hundred are readable); run it again for more.",
         )
-    sizes = options.get("batch_sizes")
-    if isinstance(sizes, str):
-        biggest = max((int(t) for t in sizes.split(",") if t.strip().isdigit()), default=0)
+    sizes = options.get("batch_sizes")  # "1,3,8" on the CLI, [1, 3, 8] in the config
+    if isinstance(sizes, str | list | tuple):
+        items = sizes.split(",") if isinstance(sizes, str) else sizes
+        biggest = max((int(t) for t in items if str(t).strip().isdigit()), default=0)
         check_fits(
             biggest * 3 * 224 * 224 * 4 * VALIDATE_FACTOR,
             f"--batch-sizes {sizes}",

@@ -252,9 +252,9 @@ def run_stage(
     from .console import quiet
     from .limits import check_options
 
-    check_options(options)  # sizes and rates against this machine, before anything is allocated
     stage = lookup(command)
     cfg, run_opts = build(stage, options, base=base)
+    check_options(vars(cfg))  # sizes and rates against this machine, before anything is allocated
     out = out or quiet()
     function = _load(stage.function)
     if not stage.trains:

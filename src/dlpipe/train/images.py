@@ -102,6 +102,23 @@ def load_image_data(
     return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped, labels)
 
 
+def open_image_run(cfg: Any, mean: float, std: float, out: Any) -> tuple[Any, Any, Any, ImageData]:
+    """The prologue of the GAN and AE recipes: seeds, process group and device, precision
+    settings, and the image data (normalised with `mean`/`std`); (ctx, device, accel, data)."""
+    from ..distributed import setup
+    from ..runtime import seed_everything
+    from .accel import Accel
+
+    seed_everything(cfg.seed, cfg.deterministic)
+    ctx, device = setup(cfg.device)
+    accel = Accel.create(cfg.amp, cfg.compile, device)
+    data = load_image_data(
+        cfg.data, cfg.data_root, cfg.strict, cfg.image_size, cfg.val_fraction,
+        cfg.test_fraction, cfg.seed, cfg.limit, mean, std, out,
+    )  # fmt: skip
+    return ctx, device, accel, data
+
+
 def begin_run(run: Any, data: ImageData, out: Any, cfg: Any, state: Any, resume: bool,
               shown: str, logged: str, ctx: Any) -> None:  # fmt: skip
     """The start of a gan/ae run, written by rank 0 alone: skipped files, the data line, config

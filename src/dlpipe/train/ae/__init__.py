@@ -14,9 +14,8 @@ from typing import Any
 
 from ...config import AeConfig
 from ...console import quiet
-from ...errors import BadInput
 from ...runs import RunDir
-from ..images import begin_run, load_image_data, share_rng
+from ..images import begin_run, open_image_run, share_rng
 
 
 def train_autoencoder(
@@ -26,28 +25,17 @@ def train_autoencoder(
 
     Under torchrun every process trains its rows of each global batch; rank 0 alone writes and
     evaluates, and every process returns rank 0's result."""
-    from ...distributed import on_main, setup
-    from ...runtime import seed_everything
-    from ..accel import Accel
+    from ...distributed import on_main
     from .loop import AeState, final_outputs, run_epochs
     from .parts import parse_noise
 
-    if cfg.loss not in ("mse", "bce"):
-        raise BadInput(f"--loss {cfg.loss!r} is not known.", hint="Use mse or bce.")
-    if cfg.arch not in (None, "unet", "conv"):
-        raise BadInput(f"--arch {cfg.arch!r} is not known.", hint="Use unet or conv.")
+    cfg.check()  # loss, arch and every range, also for a config built by hand
     noise = parse_noise(cfg.noise)
     out = out or quiet()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
     if resume and cfg.arch is None:  # a run from before --arch: keep the net it was built with
         cfg.arch = _saved_net(run)
-    seed_everything(cfg.seed, cfg.deterministic)
-    ctx, device = setup(cfg.device)
-    accel = Accel.create(cfg.amp, cfg.compile, device)
-    data = load_image_data(
-        cfg.data, cfg.data_root, cfg.strict, cfg.image_size, cfg.val_fraction,
-        cfg.test_fraction, cfg.seed, cfg.limit, 0.0, 1.0, out,
-    )  # fmt: skip
+    ctx, device, accel, data = open_image_run(cfg, 0.0, 1.0, out)
     train, val = data.train, data.val
     state = AeState.create(cfg, data, device, noise, ctx, accel)
     if resume:

@@ -12,7 +12,7 @@ from typing import Any
 from ...config import GanConfig
 from ...console import quiet
 from ...runs import RunDir
-from ..images import begin_run, load_image_data, share_rng
+from ..images import begin_run, open_image_run, share_rng
 
 
 def train_gan(
@@ -22,20 +22,13 @@ def train_gan(
 
     Under torchrun every process trains its rows of each global batch; rank 0 alone writes and
     evaluates, and every process returns rank 0's result."""
-    from ...distributed import on_main, setup
-    from ...runtime import seed_everything
-    from ..accel import Accel
+    from ...distributed import on_main
     from .loop import GanState, final_outputs, run_epochs
 
+    cfg.check()  # every range, also for a config built by hand
     out = out or quiet()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
-    seed_everything(cfg.seed, cfg.deterministic)
-    ctx, device = setup(cfg.device)
-    accel = Accel.create(cfg.amp, cfg.compile, device)
-    data = load_image_data(
-        cfg.data, cfg.data_root, cfg.strict, cfg.image_size, cfg.val_fraction,
-        cfg.test_fraction, cfg.seed, cfg.limit, 0.5, 0.5, out,
-    )  # fmt: skip
+    ctx, device, accel, data = open_image_run(cfg, 0.5, 0.5, out)
     state = GanState.create(cfg, data, device, ctx, accel)
     if resume:
         state.restore(run.checkpoint("last"))
