@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from dlpipe.errors import BadInput
 from dlpipe.models import build_from_meta
 from dlpipe.models.autoencoder import AutoEncoder
 from dlpipe.models.unet import UNet, unet_depth
-from dlpipe.train.ae.parts import add_noise, parse_noise
+from dlpipe.noise import add_noise, parse_noise
 from tests.conftest import parse_json
 
 TINY = ["--latent", "8", "--width", "4", "--batch-size", "8", "--quiet", "--lr", "3e-3"]
@@ -75,6 +76,37 @@ def test_noise_specs():
     assert float((sp != 0.5).float().mean()) == pytest.approx(0.1, abs=0.02)
     gauss = add_noise(x, ("gaussian", 0.1), g)
     assert float((gauss - x).std()) == pytest.approx(0.1, rel=0.05) and gauss.max() <= 1
+
+
+def test_a_noise_kind_is_one_registered_function(monkeypatch):
+    """Adding a kind is one decorated function: parsing, applying and --help follow from it."""
+    from dlpipe import noise
+
+    monkeypatch.setattr(noise, "KINDS", dict(noise.KINDS))
+
+    @noise.kind("invert", "SHARE", 0.5, 1.0, "that share of pixels inverted")
+    def _invert(x, level, draw):
+        return torch.where(draw("uniform") < level, 1.0 - x, x)
+
+    assert parse_noise("invert:0.5") == ("invert", 0.5)
+    with pytest.raises(BadInput, match="--noise") as bad:
+        parse_noise("invert:2")
+    assert "invert:SHARE (that share of pixels inverted, at most 1)" in bad.value.hint
+    x = torch.zeros(2, 1, 16, 16)
+    flipped = add_noise(x, ("invert", 0.5), torch.Generator().manual_seed(0))
+    assert float(flipped.mean()) == pytest.approx(0.5, abs=0.08)
+    assert noise.spec_help().endswith("or invert:SHARE")
+
+
+def test_every_noise_kind_is_in_help_and_readme():
+    from dlpipe import noise
+    from dlpipe.config import AeConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(AeConfig)}["noise"]
+    for k in noise.KINDS.values():
+        assert f"{k.name}:{k.level}" in help_text
+        assert f"| `{k.name}:" in readme, f"README's --noise table lacks {k.name}"
 
 
 def test_denoising_train_cli_json_metrics_and_contract(cli, stripes):

@@ -65,6 +65,27 @@ def test_perturbed_initializer_fails_with_explained_report(cli, exported):
     assert "FAIL" in md and "Largest difference" in md
 
 
+def test_a_value_check_is_one_registered_function(cli, exported, monkeypatch):
+    """Adding a validate check is one decorated function: every input set gets its row, the
+    report and the verdict follow."""
+    from dlpipe.export import compare
+
+    monkeypatch.setattr(compare, "VALUE_CHECKS", list(compare.VALUE_CHECKS))
+
+    @compare.value_check
+    def _no_negative_logits(c: compare.Compared) -> dict:
+        worst = float(c.got.min())
+        return compare.check(f"sign {c.tag}", worst >= 0, f"min {worst:.3g}", "logits below 0")
+
+    result = cli("validate", str(exported), "--providers", "cpu", "--latency-runs", "0",
+                 "--n", "8", "--json")  # fmt: skip
+    report = parse_json(result.stdout)["parity"]
+    rows = [r for r in report["checks"] if r["check"].startswith("sign ")]
+    assert rows and {r["check"] for r in rows} >= {"sign cpu real"}
+    assert result.exit_code == (0 if all(r["ok"] for r in rows) else 1)
+    assert report["passed"] == all(r["ok"] for r in report["checks"])
+
+
 @pytest.mark.skipif(
     "CUDAExecutionProvider" in ort.get_available_providers(), reason="onnxruntime-gpu is installed"
 )

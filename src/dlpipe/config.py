@@ -11,6 +11,7 @@ import difflib
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, TypeVar
 
+from . import noise as noise_kinds
 from .errors import BadInput
 
 C = TypeVar("C", bound="ConfigBase")
@@ -233,7 +234,7 @@ class AeConfig(ConfigBase):
     image_size: int | None = knob(None, "side; None = the data's side (28 for MNIST)")
     latent: int = knob(32, "bottleneck size; 16-128 (smaller compresses more)", lo=1, hi=65536)
     width: int = knob(32, "channels of the first conv stage, doubled per stage; 16-64", lo=1, hi=1024)  # fmt: skip
-    noise: str | None = knob(None, "gaussian:0.3 | saltpepper:0.1 | mask:0.25; None = plain AE")
+    noise: str | None = knob(None, f"{noise_kinds.spec_help()}; None = plain AE")
     # unet: skips at every scale + residual output (denoising); conv: a compressing latent
     arch: str | None = knob(
         None, "unet | conv; None = unet with --noise, conv without", choices=("unet", "conv")
@@ -259,8 +260,7 @@ class AeConfig(ConfigBase):
         """The resolved --arch: a U-Net denoiser with --noise, a compressing conv AE without."""
         if self.arch is not None:
             return self.arch
-        off = self.noise is None or str(self.noise).strip().lower() in ("", "none", "off", "0")
-        return "conv" if off else "unet"  # the same "no noise" spellings as parse_noise
+        return "conv" if noise_kinds.is_off(self.noise) else "unet"
 
 
 @dataclass

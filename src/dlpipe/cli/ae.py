@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from .. import noise as noise_kinds
 from ..runs import DEFAULT_RUNS_DIR
 from .common import (
     AmpOpt,
@@ -50,8 +51,9 @@ def train(
         str | None,
         typer.Option(
             "--noise",
-            help="Denoising: corrupt inputs on the fly, clean image as target. gaussian:SIGMA, "
-            "saltpepper:SHARE or mask:SHARE (e.g. gaussian:0.3). Default: plain autoencoder.",
+            help="Denoising: corrupt inputs on the fly, clean image as target. "
+            f"{noise_kinds.spec_help()} (e.g. {noise_kinds.KINDS['gaussian'].spec}). "
+            "Default: plain autoencoder.",
         ),
     ] = None,
     arch: Annotated[

@@ -15,6 +15,7 @@ Task checks: top-1 agreement for classifiers, PSNR (dB, data range of the refere
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -119,6 +120,29 @@ _OVERFLOW_HINT = (
 )
 
 
+@dataclass(frozen=True)
+class Compared:
+    """One input set's outputs, what a value check reads."""
+
+    tag: str  # the input set's name, e.g. "real@1"
+    got: np.ndarray  # onnx
+    ref: np.ndarray  # torch
+    tol: Tolerance
+    output_kind: str  # logits | probabilities | image | ...
+    labels: np.ndarray | None
+    stats: dict[str, Any]  # error_stats(got, ref, tol)
+
+
+# the checks every input set gets, in report order; a check returns its row, or None to stay out
+VALUE_CHECKS: list[Callable[[Compared], dict[str, Any] | None]] = []
+
+
+def value_check(fn: Callable[[Compared], dict[str, Any] | None]) -> Callable[..., Any]:
+    """Register `fn` as a value check (adding a check is this decorator and its test)."""
+    VALUE_CHECKS.append(fn)
+    return fn
+
+
 def value_checks(
     tag: str,
     got: np.ndarray,
@@ -127,47 +151,46 @@ def value_checks(
     output_kind: str,
     labels: np.ndarray | None,
 ) -> list[dict[str, Any]]:
-    """Element-wise values, cosine, then the task agreement (top-1 or PSNR) for one input set."""
-    stats = error_stats(got, ref, tol)
-    rows = []
-    if tol.atol is not None:
-        bad = stats["outside_tolerance"]
-        detail = (
-            f"max {stats['max_abs']:.3g} mean {stats['mean_abs']:.3g} p99 {stats['p99_abs']:.3g} "
-            f"rel {stats['max_rel']:.3g}; {bad}/{stats['elements']} outside atol {tol.atol:g} + rtol {tol.rtol:g}"
-        )
-        explain = _OVERFLOW_HINT.format(n=stats["non_finite"]) if stats["non_finite"] else ""
-        explain += (
-            f"Largest difference {stats['max_abs']:.4g} at output index {stats['worst_index']} "
-            f"(onnx {stats['worst_values'][0]:.6g} vs torch {stats['worst_values'][1]:.6g}). "
-            + _VALUE_HINT
-            if stats["worst_values"]
-            else _VALUE_HINT
-        )
-        rows.append(check(f"values {tag}", bad == 0, detail, explain, stats=stats))
-    cos_ok = stats["cosine"] >= tol.min_cosine
-    rows.append(
-        check(
-            f"cosine {tag}",
-            cos_ok,
-            f"{stats['cosine']:.7f} (min {tol.min_cosine})",
-            _VALUE_HINT,
-            stats=stats,
-        )
+    """Every registered check's row for one input set (values, cosine, then the task metric)."""
+    c = Compared(tag, got, ref, tol, output_kind, labels, error_stats(got, ref, tol))
+    return [row for fn in VALUE_CHECKS if (row := fn(c)) is not None]
+
+
+@value_check
+def _elementwise(c: Compared) -> dict[str, Any] | None:
+    """|onnx - torch| within atol + rtol*|torch| everywhere (not for int8: atol None)."""
+    stats, tol = c.stats, c.tol
+    if tol.atol is None:
+        return None
+    bad = stats["outside_tolerance"]
+    detail = (
+        f"max {stats['max_abs']:.3g} mean {stats['mean_abs']:.3g} p99 {stats['p99_abs']:.3g} "
+        f"rel {stats['max_rel']:.3g}; {bad}/{stats['elements']} outside atol {tol.atol:g} + rtol {tol.rtol:g}"
     )
-    rows.append(_task_check(tag, got, ref, tol, output_kind, labels))
-    return rows
+    explain = _OVERFLOW_HINT.format(n=stats["non_finite"]) if stats["non_finite"] else ""
+    explain += (
+        f"Largest difference {stats['max_abs']:.4g} at output index {stats['worst_index']} "
+        f"(onnx {stats['worst_values'][0]:.6g} vs torch {stats['worst_values'][1]:.6g}). "
+        + _VALUE_HINT
+        if stats["worst_values"]
+        else _VALUE_HINT
+    )
+    return check(f"values {c.tag}", bad == 0, detail, explain, stats=stats)
 
 
-def _task_check(
-    tag: str,
-    got: np.ndarray,
-    ref: np.ndarray,
-    tol: Tolerance,
-    output_kind: str,
-    labels: np.ndarray | None,
-) -> dict[str, Any]:
-    if output_kind in ("logits", "probabilities"):
+@value_check
+def _cosine(c: Compared) -> dict[str, Any]:
+    """Cosine similarity of the flattened outputs."""
+    cosine, least = c.stats["cosine"], c.tol.min_cosine
+    ok = cosine >= least
+    return check(f"cosine {c.tag}", ok, f"{cosine:.7f} (min {least})", _VALUE_HINT, stats=c.stats)
+
+
+@value_check
+def _task_check(c: Compared) -> dict[str, Any]:
+    """The task's own agreement: top-1 (and accuracy with labels) or PSNR for images."""
+    got, ref, tol, labels = c.got, c.ref, c.tol, c.labels
+    if c.output_kind in ("logits", "probabilities"):
         agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
         data: dict[str, Any] = {"top1_agreement": agree}
         detail = f"{agree:.2%} of {len(got)} samples (min {tol.min_top1:.0%})"
@@ -183,15 +206,15 @@ def _task_check(
         explain = (
             "Predicted classes change between PyTorch and ONNX: deployed results would differ."
         )
-        return check(f"top-1 {tag}", agree >= tol.min_top1, detail, explain, **data)
-    if output_kind == "image":
+        return check(f"top-1 {c.tag}", agree >= tol.min_top1, detail, explain, **data)
+    if c.output_kind == "image":
         value = psnr(got, ref)
         ok = value >= tol.min_psnr
         return check(
-            f"psnr {tag}", ok, f"{value:.1f} dB (min {tol.min_psnr:g})", _VALUE_HINT, psnr=value
+            f"psnr {c.tag}", ok, f"{value:.1f} dB (min {tol.min_psnr:g})", _VALUE_HINT, psnr=value
         )
     return check(
-        f"task {tag}", True, f"no task metric for {output_kind} outputs (values above decide)"
+        f"task {c.tag}", True, f"no task metric for {c.output_kind} outputs (values above decide)"
     )
 
 

@@ -26,8 +26,8 @@ def train_autoencoder(
     Under torchrun every process trains its rows of each global batch; rank 0 alone writes and
     evaluates, and every process returns rank 0's result."""
     from ...distributed import on_main
+    from ...noise import parse_noise
     from .loop import AeState, final_outputs, run_epochs
-    from .parts import parse_noise
 
     cfg.check()  # loss, arch and every range, also for a config built by hand
     noise = parse_noise(cfg.noise)

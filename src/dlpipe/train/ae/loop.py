@@ -22,6 +22,7 @@ from ...distributed import DistContext, all_reduce_sum
 from ...errors import Diverged
 from ...models.autoencoder import build_autoencoder
 from ...models.unet import unet_depth
+from ...noise import add_noise
 from ...plots import plot_curves
 from ...runs import RunDir
 from ...runtime import rng_state, set_rng_state
@@ -30,7 +31,7 @@ from ..accel import Accel
 from ..images import ImageData, agree_stop, batches, rows_of, weighted
 from ..interrupt import Interrupted, StopFlag, save_or_explain
 from ..parallel import training_view
-from .parts import RawOutput, add_noise, evaluate, save_triplets
+from .parts import RawOutput, evaluate, save_triplets
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Autoencoder plumbing: noise specs applied on the fly, held-out evaluation, grids."""
+"""Autoencoder plumbing: the training view of the model, held-out evaluation, grids (the noise
+kinds are in dlpipe.noise)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,9 @@ import numpy as np
 import torch
 
 from ...data.splits import spread
-from ...errors import BadInput
 from ...metrics.image import psnr, ssim
+from ...noise import add_noise
 from ...plots import image_grid, labeled_rows
-
-NOISE_KINDS = {
-    "gaussian": "add N(0, sigma^2) per pixel, clip to [0, 1] (level = sigma, e.g. 0.3)",
-    "saltpepper": "set a share of pixels to 0 or 1 at random (level = share, e.g. 0.1)",
-    "mask": "set a share of pixels to 0 (level = share, e.g. 0.25)",
-}
 
 
 class RawOutput(torch.nn.Module):
@@ -32,45 +27,6 @@ class RawOutput(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """model.raw(x): the conv AE's decoder.raw(encoder(x)), or the U-Net's input + residual."""
         return self.model.raw(x)
-
-
-def parse_noise(spec: str | None) -> tuple[str, float] | None:
-    """'gaussian:0.3' | 'saltpepper:0.1' | 'mask:0.25' | '0.3' (gaussian) | None/'none' -> (kind, level)."""
-    if spec is None or str(spec).strip().lower() in ("", "none", "off", "0"):
-        return None
-    kind, _, level = str(spec).strip().lower().rpartition(":")
-    kind = kind or "gaussian"
-    try:
-        value = float(level)
-    except ValueError:
-        value = -1.0
-    if kind not in NOISE_KINDS or not 0.0 < value <= (5.0 if kind == "gaussian" else 1.0):
-        kinds = "; ".join(f"{k}: {v}" for k, v in NOISE_KINDS.items())
-        raise BadInput(
-            f"--noise {spec!r} is not understood.",
-            hint=f"Use KIND:LEVEL with a positive level (shares at most 1): {kinds}.",
-        )
-    return kind, value
-
-
-def add_noise(
-    x: torch.Tensor, noise: tuple[str, float] | None, gen: torch.Generator | None = None
-) -> torch.Tensor:
-    """The corrupted input for clean images `x` in [0, 1] (same tensor when there is no noise)."""
-    if noise is None:
-        return x
-    kind, level = noise
-
-    def rand(fn: Any) -> torch.Tensor:
-        return fn(x.shape, generator=gen, device=gen.device if gen else x.device).to(x.device)
-
-    if kind == "gaussian":
-        return (x + level * rand(torch.randn)).clamp_(0.0, 1.0)
-    hit = rand(torch.rand) < level
-    if kind == "mask":
-        return x.masked_fill(hit, 0.0)
-    salt = rand(torch.rand) < 0.5
-    return torch.where(hit, salt.to(x.dtype), x)
 
 
 @torch.no_grad()
