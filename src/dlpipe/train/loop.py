@@ -59,7 +59,7 @@ def run_epochs(
     """Train `task` from its epoch to cfg.epochs (fewer when it stops early, or after
     `stop_after` epochs of this call), checkpointing after every epoch. On Ctrl-C or SIGTERM:
     keep (or save) a resume point, print how to continue, and raise KeyboardInterrupt."""
-    epochs, kept, ran = task.cfg.epochs, task.epoch, 0  # kept: the epoch of the checkpoint
+    epochs, kept, ran = task.cfg.epochs, task.epoch, 0  # kept: the epoch checkpointed on disk
     try:
         task.begin()
         with (
@@ -68,7 +68,7 @@ def run_epochs(
         ):
             while task.epoch < epochs and task.stopped is None and ran != stop_after:
                 if agree_stop(stop.requested, task.device, task.ctx):
-                    raise Interrupted  # Ctrl-C during evaluation: the epoch's checkpoint is out
+                    raise Interrupted  # Ctrl-C between epochs: the last one's checkpoint is out
                 _one_epoch(task, advance, stop)
                 kept, ran = task.epoch, ran + 1
     except Interrupted:  # every process stopped at the same step

@@ -74,7 +74,8 @@ class Epochs:
     def begin(self) -> None:
         """Decode (or cache the features of) what the remaining stages read, before the bar."""
         s = self.s
-        for frozen in dict.fromkeys(s.frozen_at(e) for e in range(s.epoch, s.cfg.epochs)):
+        stages = dict.fromkeys(s.frozen_at(e) for e in range(s.epoch, s.cfg.epochs))  # in order
+        for frozen in stages:
             s.source("train", frozen, collective=True)
             if s.ctx.is_main:  # rank 0 validates
                 s.source("val" if len(s.data.val) else "train", frozen)
