@@ -186,16 +186,80 @@ def test_pipeline_rerun_after_kill_resumes_the_cut_stage(cli) -> None:
     assert logged[1:] == ["1", "2", "3"]
 
 
-def test_ctrl_c_in_finetune_keeps_the_epoch_checkpoint_and_says_how_to_resume(cli) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["sigint", "sigterm"],
+)
+def test_ctrl_c_in_finetune_keeps_the_epoch_checkpoint_and_says_how_to_resume(
+    cli, sig, code, said
+) -> None:
     ck = Path("runs/finetune/ft/checkpoints/last.safetensors")
     proc = _spawn([*FINETUNE, *COMMON, "--epochs", "200", "--name", "ft"])
     _wait_for(ck, proc)
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, sig)  # SIGTERM (kill, a scheduler) stops a single process like Ctrl-C
     _, err = proc.communicate(timeout=60)
     err = " ".join(err.decode().split())
-    assert proc.returncode == 130, err
-    assert "Continue with: dlpipe finetune --resume --name ft" in err and "Traceback" not in err
+    assert proc.returncode == code, err
     done = int(load_checkpoint(ck).state["epoch"])
+    assert f"the checkpoint of epoch {done} is kept in {ck}" in err and said in err
+    assert "Continue with: dlpipe finetune --resume --name ft" in err and "Traceback" not in err
     resumed = cli("finetune", "--resume", "--name", "ft", "--epochs", str(done + 1), "-q")
     assert resumed.exit_code == 0, resumed.output
     assert load_checkpoint(ck).state["epoch"] == done + 1
+
+
+def test_ctrl_c_mid_epoch_in_finetune_stops_at_a_step_boundary(cli, monkeypatch) -> None:
+    """The classifier on the loop skeleton's flag: a Ctrl-C during step 3 of epoch 2 (the slow
+    path: the whole model trains on pixels) lets that step finish and starts no other; the
+    checkpoint of epoch 1 stays (a resume restarts at an epoch boundary), the hint says so, and
+    the resumed run ends with the uninterrupted run's bits."""
+    from dlpipe.train.classifier import loop as clf_loop
+
+    real_step, started, finished = clf_loop._step, [], []
+
+    def step_then_ctrl_c(*args):
+        started.append(1)
+        result = real_step(*args)
+        if len(started) == 8 + 3:  # 120 images in batches of 16: 8 steps an epoch
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
+        finished.append(1)  # the signal only raised the flag: the step goes on to its end
+        return result
+
+    monkeypatch.setattr(clf_loop, "_step", step_then_ctrl_c)
+    full = [*FINETUNE, *COMMON, "--epochs", "3"]
+    res = cli(*full, "--name", "cut")
+    assert res.exit_code == 130, res.output
+    assert len(started) == len(finished) == 11  # stopped at the step boundary, not in a step
+    ck = Path("runs/finetune/cut/checkpoints/last.safetensors")
+    hint = " ".join(res.stderr.split())
+    assert (
+        f"interrupted in epoch 2; the checkpoint of epoch 1 is kept in {ck}. Continue with: "
+        "dlpipe finetune --resume --name cut" in hint
+    ), hint
+    saved = load_checkpoint(ck)
+    assert saved.state["epoch"] == 1 and saved.state["global_step"] == 8
+    monkeypatch.setattr(clf_loop, "_step", real_step)
+    assert cli("finetune", "--resume", "--name", "cut", "--quiet").exit_code == 0
+    assert cli(*full, "--name", "straight").exit_code == 0
+    _assert_same_weights(ck, Path("runs/finetune/straight/checkpoints/last.safetensors"))
+    logged = [r.split(",")[0] for r in (ck.parents[1] / "metrics.csv").read_text().split()]
+    assert logged[1:] == ["1", "2", "3"]
+
+
+def test_ctrl_c_before_the_first_finetune_epoch_ends_leaves_nothing_to_resume(
+    cli, monkeypatch
+) -> None:
+    from dlpipe.train.classifier import loop as clf_loop
+
+    real_step = clf_loop._step
+
+    def step_then_ctrl_c(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    monkeypatch.setattr(clf_loop, "_step", step_then_ctrl_c)
+    res = cli(*FINETUNE, *COMMON, "--epochs", "2", "--name", "first")
+    assert res.exit_code == 130, res.output
+    assert "there is nothing to resume" in " ".join(res.stderr.split())
+    assert not Path("runs/finetune/first/checkpoints/last.safetensors").exists()

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from dlpipe.distributed import DistContext, shard_positions
 
@@ -171,18 +172,26 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path):
     assert got == ["image 7 is broken fix it"] * 2
 
 
-def test_ctrl_c_under_nproc_stops_every_rank_and_rank_0_saves(tmp_path):
+_CUT = {
+    "ae": ["ae", "train", "--width", "4", "--latent", "4"],
+    "finetune": ["finetune", "--backbone", "mnist_cnn_bn", "--weights", "none"],  # slow path
+}
+
+
+@pytest.mark.parametrize("command", ["ae", "finetune"])
+def test_ctrl_c_under_nproc_stops_every_rank_and_rank_0_saves(tmp_path, command):
     """A terminal Ctrl-C reaches the `--nproc` launcher (torchrun runs in its own session); it is
-    handed to the ranks once, they stop at the same step, rank 0 saves, and the run continues in
-    one process."""
+    handed to the ranks once, they stop at the same step, rank 0 saves (the autoencoder: that
+    step; the classifier keeps its last epoch's checkpoint), and the run continues in one
+    process."""
     import signal
     import time
 
     from dlpipe.checkpoint import load_checkpoint
 
-    ck = tmp_path / "runs" / "ae" / "cut" / "checkpoints" / "last.safetensors"
-    argv = ["ae", "train", "--data", "digits", "--width", "4", "--latent", "4", "--limit", "64",
-            "--batch-size", "16", "--device", "cpu", "--quiet", "--name", "cut"]  # fmt: skip
+    ck = tmp_path / "runs" / command / "cut" / "checkpoints" / "last.safetensors"
+    argv = [*_CUT[command], "--data", "digits", "--limit", "64", "--batch-size", "16",
+            "--device", "cpu", "--quiet", "--name", "cut"]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "dlpipe", *argv, "--epochs", "500", "--nproc", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
@@ -198,13 +207,14 @@ def test_ctrl_c_under_nproc_stops_every_rank_and_rank_0_saves(tmp_path):
     _, err = proc.communicate(timeout=120)
     err = " ".join(err.decode().split())
     assert proc.returncode == 130, err[-2000:]
-    assert err.count("Continue with: dlpipe ae train --resume --name cut") == 1, err[-2000:]
+    resume = " ".join(_CUT[command][: 2 if command == "ae" else 1])
+    assert err.count(f"Continue with: dlpipe {resume} --resume --name cut") == 1, err[-2000:]
     assert "Traceback" not in err
     epoch = int(load_checkpoint(ck).state["epoch"])
     assert epoch < 500
     resumed = subprocess.run(
-        [sys.executable, "-m", "dlpipe", "ae", "train", "--resume", "--name", "cut", "--epochs",
-         str(epoch + 1), "--device", "cpu", "--quiet"],
+        [sys.executable, "-m", "dlpipe", *resume.split(), "--resume", "--name", "cut",
+         "--epochs", str(epoch + 1), "--device", "cpu", "--quiet"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]

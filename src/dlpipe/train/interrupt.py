@@ -15,6 +15,10 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..runs import RunDir
 
 _last = {"signal": 0}  # the signal that stopped the current command (0: none)
 
@@ -107,6 +111,18 @@ def resume_hint(command: str, run_path: Path, epoch: int, step: int) -> str:
     return (
         f"interrupted after {epoch} complete epoch(s), at step {step}; checkpoint saved to "
         f"{run.checkpoint('last')}. Continue with: {run.resume_command(command)}"
+    )
+
+
+def kept_hint(command: str, run: RunDir, epoch: int) -> str:
+    """The message printed after a Ctrl-C that kept the checkpoint of `epoch` (the last finished
+    one) and saved nothing: a resume restarts from there."""
+    last = run.checkpoint("last")
+    if not last.exists():
+        return "interrupted before the first epoch finished; there is nothing to resume."
+    return (
+        f"interrupted in epoch {epoch + 1}; the checkpoint of epoch {epoch} is kept in {last}. "
+        f"Continue with: {run.resume_command(command)}"
     )
 
 

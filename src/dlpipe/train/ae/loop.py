@@ -51,10 +51,15 @@ class AeState:
     ctx: DistContext = field(default_factory=DistContext)
     accel: Accel | None = None  # None: plain float32 (Accel "off")
     view: torch.nn.Module | None = None  # what training calls: image -> raw output (DDP etc.)
+    stopped: str | None = None  # the loop skeleton's early stop (an autoencoder runs all epochs)
     data: ImageData | None = None  # bound by run_epochs: what the loop's callbacks need
+    train: np.ndarray | None = None
+    pixels: torch.Tensor | None = None  # the training images on the device (uint8)
     val: np.ndarray | None = None
     run: RunDir | None = None
     out: Any = None
+
+    resumes_mid_epoch = True  # a Ctrl-C saves the exact step reached (`partial`)
 
     @property
     def acc(self) -> Accel:
@@ -137,12 +142,17 @@ class AeState:
         return save_or_explain(lambda: save_checkpoint(path, weights, meta, state), path)
 
     # ---- the loop skeleton's Task (train/loop.py) ---------------------------------------------
-    def train_epoch(self, pixels: torch.Tensor, epoch: int, advance: Any, stop: StopFlag) -> dict:
+    def begin(self) -> None:
+        """The training images onto the device."""
+        self.pixels = torch.from_numpy(self.train).to(self.device)
+
+    def train_epoch(self, epoch: int, advance: Any, stop: StopFlag) -> dict:
         """One epoch of denoising steps: the global mean training loss."""
-        return {"train_loss": run_epoch(self, pixels, epoch, advance, stop)}
+        return {"train_loss": run_epoch(self, self.pixels, epoch, advance, stop)}
 
     def end_epoch(self, row: dict[str, Any]) -> dict[str, Any]:
         """Rank 0: validation PSNR/SSIM and grid, metrics.csv, checkpoint, log."""
+        row["images_per_s"] = len(self.pixels) / max(row["train_seconds"], 1e-9)
         return _end_epoch(self, self.val, self.data, self.run, self.out, row)
 
 
@@ -204,10 +214,9 @@ def run_epochs(
     s: AeState, train: np.ndarray, val: np.ndarray, data: ImageData, run: RunDir, out: Any
 ) -> None:
     """Train from the state's epoch to cfg.epochs through the shared loop skeleton."""
-    s.data, s.val, s.run, s.out = data, val, run, out
-    pixels = torch.from_numpy(train).to(s.device)
-    steps = len(batches(len(pixels), s.cfg.batch_size, s.ctx.world_size))
-    loop.run_epochs(s, "ae train", pixels, steps, run, out)
+    s.data, s.train, s.val, s.run, s.out = data, train, val, run, out
+    steps = len(batches(len(train), s.cfg.batch_size, s.ctx.world_size))
+    loop.run_epochs(s, "ae train", steps, run, out)
 
 
 def _end_epoch(

@@ -20,6 +20,7 @@ from torch import nn
 from ...data import Preprocess
 from ...distributed import DistContext, all_reduce_sum
 from ..accel import Accel, optimizer_overflow_is_divergence
+from ..interrupt import Interrupted, StopFlag
 from ..optim import apply_lr, lr_factor
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -170,11 +171,13 @@ def train_epoch(
     plan: StepPlan,
     advance: Callable[..., None] | None = None,
     *,
+    stop: StopFlag | None = None,
     ctx: DistContext | None = None,
     accel: Accel | None = None,
 ) -> dict[str, float]:
     """One pass over `source`; returns the global mean loss and accuracy (the same on every
-    rank). Raises NanLoss on a non-finite loss, on every rank at the same step."""
+    rank). Raises NanLoss on a non-finite loss, and Interrupted at the step boundary after a
+    Ctrl-C (`stop`) on any process: on every rank at the same step."""
     ctx = ctx or DistContext()
     accel = accel or Accel(torch.device("cpu"))
     gen = torch.Generator().manual_seed(plan.seed * 100003 + plan.epoch)
@@ -192,19 +195,24 @@ def train_epoch(
         y = source.targets(mine)
         with global_batch(n, ctx):
             loss_t, logits = _step(forward, x, y, optimizer, loss_fn, plan.lbfgs, accel, ctx, n)
+        hits = float((logits.argmax(1) == y).sum())
+        stopping = float(stop is not None and stop.requested)  # Ctrl-C here, agreed with the sums
         sums = torch.tensor(
-            [float(loss_t) * len(mine), float((logits.argmax(1) == y).sum()), float(len(mine))],
+            [float(loss_t) * len(mine), hits, float(len(mine)), stopping],
             dtype=torch.float64,
             device=y.device if ctx.enabled else None,
         )  # NCCL reduces on the GPU
-        loss_sum, hits, rows = all_reduce_sum(sums, ctx).tolist()
+        loss_sum, hits, rows, stops = all_reduce_sum(sums, ctx).tolist()
         if not math.isfinite(loss_sum):  # inf/NaN weights show up in the next step's loss
             raise NanLoss(plan.epoch + 1, k + 1)
         total_loss += loss_sum
         correct += int(hits)
         seen += int(rows)
         if advance:
-            advance(1, info=f"loss {total_loss / seen:.4f} acc {correct / seen:.3f}")
+            advance(1, info=f"epoch {plan.epoch + 1} loss {total_loss / seen:.4f} "
+                            f"acc {correct / seen:.3f}")  # fmt: skip
+        if stops:  # a step boundary: every rank stops here
+            raise Interrupted
     if not all(bool(torch.isfinite(p).all()) for p in params()):  # never checkpoint inf weights
         raise NanLoss(plan.epoch + 1, seen // max(plan.batch_size, 1))
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}

@@ -71,9 +71,13 @@ class GanState:
     accel: Accel | None = None  # None: plain float32 (Accel "off")
     g_view: nn.Module | None = None  # what training calls (DDP etc.); None: the plain g
     d_view: nn.Module | None = None
+    stopped: str | None = None  # the loop skeleton's early stop (a GAN runs all its epochs)
     data: ImageData | None = None  # bound by run_epochs: what the loop's callbacks need
+    pixels: torch.Tensor | None = None  # the training images on the device (uint8)
     run: RunDir | None = None
     out: Any = None
+
+    resumes_mid_epoch = True  # a Ctrl-C saves the exact step reached (`partial`)
 
     @property
     def gv(self) -> nn.Module:
@@ -176,13 +180,19 @@ class GanState:
         return save_or_explain(lambda: save_checkpoint(path, weights, self.meta(data), state), path)
 
     # ---- the loop skeleton's Task (train/loop.py) ---------------------------------------------
-    def train_epoch(self, pixels: torch.Tensor, epoch: int, advance: Any, stop: StopFlag) -> dict:
+    def begin(self) -> None:
+        """The training images onto the device."""
+        assert self.data is not None
+        self.pixels = torch.from_numpy(self.data.train).to(self.device)
+
+    def train_epoch(self, epoch: int, advance: Any, stop: StopFlag) -> dict:
         """One epoch of steps: the global step count, mean losses and D outputs, steps done."""
-        row = run_epoch(self, pixels, epoch, self.out, advance, stop)
+        row = run_epoch(self, self.pixels, epoch, self.out, advance, stop)
         return {"step": self.step, **row}
 
     def end_epoch(self, row: dict[str, Any]) -> dict[str, Any]:
         """Rank 0: sample grid, fd/kid when due, metrics.csv, checkpoint, log."""
+        row["images_per_s"] = len(self.pixels) / max(row["train_seconds"], 1e-9)
         return _end_epoch(self, self.data, self.run, self.out, row)
 
 
@@ -338,9 +348,8 @@ def _evaluate_now(s: GanState, data: ImageData, run: RunDir, epoch: int) -> dict
 def run_epochs(s: GanState, data: ImageData, run: RunDir, out: Any) -> None:
     """Train from the state's epoch to cfg.epochs through the shared loop skeleton."""
     s.data, s.run, s.out = data, run, out
-    pixels = torch.from_numpy(data.train).to(s.device)
-    steps = len(batches(len(pixels), s.cfg.batch_size, s.ctx.world_size))
-    loop.run_epochs(s, "gan train", pixels, steps, run, out)
+    steps = len(batches(len(data.train), s.cfg.batch_size, s.ctx.world_size))
+    loop.run_epochs(s, "gan train", steps, run, out)
 
 
 def _end_epoch(s: GanState, data: ImageData, run: RunDir, out: Any, row: dict) -> dict:
