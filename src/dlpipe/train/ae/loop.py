@@ -28,7 +28,7 @@ from ...runs import RunDir
 from ...runtime import rng_state, set_rng_state
 from .. import loop
 from ..accel import Accel
-from ..images import ImageData, agree_stop, batches, rows_of, weighted
+from ..images import ImageData, agree_stop, batches, global_batch, rows_of, train_pixels, weighted
 from ..interrupt import Interrupted, StopFlag, save_or_explain
 from ..parallel import training_view
 from .parts import RawOutput, evaluate, save_triplets
@@ -186,7 +186,7 @@ def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any, stop: 
         if agree_stop(stop.requested, s.device, s.ctx):
             s.partial = {"perm": perm, "total": all_reduce_sum(total, s.ctx), "n": index}
             raise Interrupted
-        clean = pixels[perm[a:b].to(pixels.device)].float().div_(255.0)
+        clean = global_batch(pixels, perm[a:b], s.ctx).float().div_(255.0)
         total += train_step(s, clean)
         s.step += 1
         advance(1)
@@ -205,7 +205,7 @@ def run_epochs(
 ) -> None:
     """Train from the state's epoch to cfg.epochs through the shared loop skeleton."""
     s.data, s.val, s.run, s.out = data, val, run, out
-    pixels = torch.from_numpy(train).to(s.device)
+    pixels = train_pixels(train, s.device)
     steps = len(batches(len(pixels), s.cfg.batch_size, s.ctx.world_size))
     loop.run_epochs(s, "ae train", pixels, steps, run, out)
 

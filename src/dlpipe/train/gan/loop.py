@@ -31,7 +31,7 @@ from ...runs import RunDir
 from ...runtime import rng_state, set_rng_state
 from .. import loop
 from ..accel import Accel
-from ..images import ImageData, agree_stop, batches, rows_of, weighted
+from ..images import ImageData, agree_stop, batches, global_batch, rows_of, train_pixels, weighted
 from ..interrupt import Interrupted, StopFlag, save_or_explain
 from ..parallel import training_view
 from .evaluate import (
@@ -294,7 +294,7 @@ def run_epoch(
         if stopping:
             s.partial = {"perm": perm, "sums": sums, "n": n}
             raise Interrupted
-        real = pixels[perm[a:b].to(pixels.device)].float().div_(127.5).sub_(1.0)
+        real = global_batch(pixels, perm[a:b], s.ctx).float().div_(127.5).sub_(1.0)
         values, stopping = _global_values(train_step(s, real), b - a, stop.requested, s.ctx)
         _check_step(s, values, epoch, index, out)
         s.step += 1
@@ -338,7 +338,7 @@ def _evaluate_now(s: GanState, data: ImageData, run: RunDir, epoch: int) -> dict
 def run_epochs(s: GanState, data: ImageData, run: RunDir, out: Any) -> None:
     """Train from the state's epoch to cfg.epochs through the shared loop skeleton."""
     s.data, s.run, s.out = data, run, out
-    pixels = torch.from_numpy(data.train).to(s.device)
+    pixels = train_pixels(data.train, s.device)
     steps = len(batches(len(pixels), s.cfg.batch_size, s.ctx.world_size))
     loop.run_epochs(s, "gan train", pixels, steps, run, out)
 
