@@ -3,16 +3,20 @@ DataLoader loop over the same generated JPEG folder, and the frozen feature pass
 
 Writes a folder of N RGB JPEGs (256 px, 10 classes; not committed) under --folder, then measures,
 each in a fresh process:
-  open            dlpipe `open_source` cold (empty index cache) and warm (cached index)
-  first step      process start -> data ready -> one training step on a batch (cold and warm
-                  decoded cache), vs the DataLoader loop's first batch
-  memory          peak RSS (VmHWM) of the process and its anonymous part (RssAnon: what the
-                  data set costs; mapped cache pages are the OS page cache, shared, reclaimable)
-  steady img/s    epoch 2 of reading shuffled batches of 64 uint8 rows -> float tensors, vs the
+  open            dlpipe `open_source` cold (empty index cache) and warm (cached index); with
+                  --open-n, also on that many tiny JPEGs (only headers matter for opening)
+  first step      process start -> data ready -> one training step on a batch: cold (empty
+                  decoded cache: the rows fill in the background while it trains) and warm,
+                  vs the DataLoader loop's first batch
+  memory          peak RSS (VmHWM, everything: file pages a process maps count too) and its
+                  anonymous part (RssAnon)
+  steady img/s    epoch 2 of reading shuffled batches of 64 uint8 rows -> float tensors: dlpipe's
+                  pread reader, the previous mapped cache (`pixcache`, "mmap"), and the
                   DataLoader's epoch 2 (decode + resize every time, --workers processes)
   features        mobilenet_v2 (offline ImageNet weights) at 96 px: onnxruntime vs torch eager
 
     .venv/bin/python benchmarks/bench_data.py [--n 5000] [--size 192] [--workers 2]
+        [--parts open,cold,warm,mmap,baseline,features] [--open-n 100000]
 Writes benchmarks/results/data{--tag}.json; data.md holds the figures and what they mean.
 """
 
@@ -74,8 +78,16 @@ import numpy as np
 from dlpipe.console import quiet
 from dlpipe.train.images import load_image_data
 t_import = time.time() - t0
-data = load_image_data(sys.argv[2], None, False, int(sys.argv[3]), 0.0, 0.0, 0, None, 0.0, 1.0,
-                       quiet())
+if sys.argv[4] == "mmap":  # the previous reader: the whole cache built, then mapped
+    from types import SimpleNamespace
+    from dlpipe.data import Preprocess, open_source
+    from dlpipe.data.pixcache import cached_pixels
+    ds, size = open_source(sys.argv[2]), int(sys.argv[3])
+    px = cached_pixels(ds, np.arange(len(ds)), Preprocess(resize=size, crop=size, channels=3))[0]
+    data = SimpleNamespace(train=px)
+else:
+    data = load_image_data(sys.argv[2], None, False, int(sys.argv[3]), 0.0, 0.0, 0, None, 0.0,
+                           1.0, quiet())
 t_data = time.time() - t0
 import torch
 from torch import nn
@@ -93,9 +105,13 @@ for epoch in range(2):
         idx = np.sort(order[s:s + 64])
         x = torch.from_numpy(data.train[idx]).float().div_(255)
     rates.append(len(order) / (time.perf_counter() - t))
+t_fill = None
+if hasattr(data.train, "wait_committed"):  # cold: how long until the cache is committed
+    data.train.wait_committed()
+    t_fill = time.time() - t0
 print(json.dumps({'import_s': t_import, 'data_ready_s': t_data, 'first_step_s': t_step,
                   'epoch1_img_s': rates[0], 'epoch2_img_s': rates[1], 'rows': len(data.train),
-                  **mem()}))
+                  'committed_s': t_fill, 'reader': type(data.train).__name__, **mem()}))
 """
 )
 
@@ -170,6 +186,54 @@ def child(code: str, *args: object, cache: Path, threads: int | None = None) -> 
     return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
 
 
+def make_tiny(folder: Path, n: int) -> None:
+    """N tiny (8x8) JPEGs in 100 class folders: opening a folder reads headers, not pixels."""
+    import numpy as np
+    from PIL import Image
+
+    if (folder / "done").exists() and int((folder / "done").read_text()) == n:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    buf = __import__("io").BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(buf, format="JPEG")
+    blob = buf.getvalue()
+    for i in range(n):
+        sub = folder / f"class{i % 100:02d}"
+        if i < 100:
+            sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"{i:06d}.jpg").write_bytes(blob)
+    (folder / "done").write_text(str(n))
+
+
+PARTS = ("open", "cold", "warm", "mmap", "baseline", "features")
+
+
+def measure(args: argparse.Namespace, folder: Path, cache: Path, parts: set[str]) -> dict:
+    """The parts asked for, each in a fresh process, in the order that needs no rebuild."""
+    res: dict = {}
+    if "open" in parts:
+        res["open_cold"] = child(OPEN, folder, cache=cache)
+        res["open_warm"] = child(OPEN, folder, cache=cache)
+    if "cold" in parts:
+        res["dlpipe_cold"] = child(DLPIPE, folder, args.size, "rows", cache=cache)
+    if "warm" in parts:
+        res["dlpipe_warm"] = child(DLPIPE, folder, args.size, "rows", cache=cache)
+    if "mmap" in parts:  # the previous reader (builds its own cache file first, then re-run)
+        child(DLPIPE, folder, args.size, "mmap", cache=cache)
+        res["mmap_warm"] = child(DLPIPE, folder, args.size, "mmap", cache=cache)
+    if "baseline" in parts:
+        res["baseline"] = child(BASELINE, folder, args.size, args.workers, cache=cache)
+    if "features" in parts:
+        res["features"] = child(FEATURES, folder, args.features, cache=cache)
+    if args.open_n:
+        tiny, tiny_cache = args.folder / f"tiny{args.open_n}", args.folder / "cache-tiny"
+        make_tiny(tiny, args.open_n)
+        shutil.rmtree(tiny_cache, ignore_errors=True)
+        res[f"open_cold_{args.open_n}"] = child(OPEN, tiny, cache=tiny_cache)
+        res[f"open_warm_{args.open_n}"] = child(OPEN, tiny, cache=tiny_cache)
+    return res
+
+
 def main() -> None:
     """Generate the folder, measure, write data.md/data.json."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -179,6 +243,8 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=512, help="images for the feature pass")
     ap.add_argument("--folder", type=Path, default=Path("/tmp/dlpipe-bench-data"))
     ap.add_argument("--tag", default="", help="suffix of the results file (data{tag}.json)")
+    ap.add_argument("--parts", default=",".join(PARTS), help="which measurements, comma-separated")
+    ap.add_argument("--open-n", type=int, default=0, help="also open this many tiny JPEGs")
     args = ap.parse_args()
     folder = args.folder / f"jpeg{args.n}"
     cache = args.folder / f"cache{args.n}"
@@ -187,13 +253,9 @@ def main() -> None:
     made = time.perf_counter() - t
     shutil.rmtree(cache, ignore_errors=True)
     subprocess.run(["sync"], check=False)
-    res: dict = {"n": args.n, "size": args.size, "workers": args.workers, "generate_s": made}
-    res["open_cold"] = child(OPEN, folder, cache=cache)
-    res["open_warm"] = child(OPEN, folder, cache=cache)
-    res["dlpipe_cold"] = child(DLPIPE, folder, args.size, cache=cache)
-    res["dlpipe_warm"] = child(DLPIPE, folder, args.size, cache=cache)
-    res["baseline"] = child(BASELINE, folder, args.size, args.workers, cache=cache)
-    res["features"] = child(FEATURES, folder, args.features, cache=cache)
+    res: dict = {"n": args.n, "size": args.size, "workers": args.workers, "generate_s": made,
+                 "loadavg_at_start": os.getloadavg()}  # fmt: skip
+    res |= measure(args, folder, cache, set(args.parts.split(",")))
     res["machine"] = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"data{args.tag}.json").write_text(json.dumps(res, indent=2) + "\n")

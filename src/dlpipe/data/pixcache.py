@@ -1,6 +1,7 @@
 """The on-disk decoded cache: resized uint8 NCHW pixels of a folder's images, decoded once and then
 read by every epoch and every process through the OS page cache (memory stays flat in the data
-set's size: a process holds the batches it reads, not the set).
+set's size: a process holds the batches it reads, not the set). finetune and validate use this
+one (built whole, then mapped); gan and ae read through `rows`, which trains while it fills.
 
 One raw file per (data fingerprint, preprocessing, native mode, the requested rows) under
 $DLPIPE_CACHE_DIR/pixels (or ~/.cache/dlpipe/pixels), beside a JSON file with its shape, byte size

@@ -1,6 +1,7 @@
-"""Image data shared by the GAN and autoencoder loops (uint8 NCHW: a folder's mapped from the
-decoded cache, a built-in set's in memory), and their data-parallel helpers: global batches,
-this process's rows, agreed stops."""
+"""Image data shared by the GAN and autoencoder loops (uint8 NCHW: a folder's read on demand from
+the decoded cache, `data.rows.PixelRows`, filling in the background while training runs; a
+built-in set's in memory), and their data-parallel helpers: global batches, this process's
+rows, agreed stops."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..data import Preprocess, make_split, open_source
 from ..data.pixcache import load_pixels
+from ..data.rows import PixelRows
 from ..data.splits import subsample
 from ..distributed import current
 from ..models.dcgan import stages
@@ -25,9 +27,9 @@ if TYPE_CHECKING:
 class ImageData:
     """Training and held-out pixels (uint8 NCHW) plus what a checkpoint must say about them."""
 
-    train: np.ndarray  # a folder's is a read-only-in-spirit np.memmap of the decoded cache
-    heldout: np.ndarray  # split.test: what final metrics are measured on
-    val: np.ndarray  # split.val (empty when val_fraction is 0)
+    train: np.ndarray | PixelRows  # a folder's rows are read on demand (PixelRows)
+    heldout: np.ndarray | PixelRows  # split.test: what final metrics are measured on
+    val: np.ndarray | PixelRows  # split.val (empty when val_fraction is 0)
     preprocess: Preprocess
     image_size: int
     channels: int
@@ -63,11 +65,12 @@ def load_image_data(
     out: Any,
 ) -> ImageData:
     """Open a source, split it (held-out = split.test), and get the parts' uint8 pixels: a folder's
-    from the decoded cache (built once, then mapped: memory stays flat in the set's size), a
-    built-in set's in memory. Under torchrun the processes build the training part's cache
+    as `PixelRows` on the decoded cache (filled in the background, training rows first, while
+    training reads: nothing waits for the whole set; memory stays flat in the set's size), a
+    built-in set's in memory. Under torchrun the processes fill the training part's cache
     together (each decodes a share; nobody gathers the set) and each reads only the rows it
     uses; the held-out and validation images, which rank 0 alone evaluates on, are read there
-    only (empty elsewhere). Images that turn out undecodable are dropped and listed."""
+    only (empty elsewhere). Images that turn out undecodable are listed (see `data.rows`)."""
     ds = open_source(source, data_root=data_root, strict=strict)
     h, w = ds.image_size()
     size = _pick_size(image_size, min(h, w))
@@ -78,14 +81,12 @@ def load_image_data(
     total = len(train_idx) + len(split.test) + len(split.val)
     ctx = current()
     with out.progress("decoding images", total) as advance:
-        train, train_idx = load_pixels(ds, train_idx, pre, advance, ctx, out.warn)
+        train, train_idx = _pixels(ds, train_idx, pre, advance, ctx, out.warn)
         nothing = np.zeros((0, c, size, size), dtype=np.uint8)
         heldout = (
-            load_pixels(ds, split.test, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
+            _pixels(ds, split.test, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
         )
-        val = (
-            load_pixels(ds, split.val, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
-        )
+        val = _pixels(ds, split.val, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
     meta = {
         "source": source,
         "data_root": data_root,
@@ -100,6 +101,35 @@ def load_image_data(
     }
     labels = ds.labels[split.test]
     return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped, labels)
+
+
+def _pixels(ds: Any, idx: np.ndarray, pre: Preprocess, advance: Any, ctx: Any,
+            warn: Any) -> tuple[np.ndarray | PixelRows, np.ndarray]:  # fmt: skip
+    """(pixels, the indices they are of): a folder's rows from the streamed cache when its folder
+    is writable everywhere, else `load_pixels` (in memory; it warns why)."""
+    from ..data.pixcache import usable, writable
+    from ..data.rows import open_rows
+    from ..errors import EnvironmentProblem
+
+    if usable(ds, pre) and _everywhere(writable(), ctx):
+        try:
+            rows = open_rows(ds, idx, pre, ctx)
+            advance(len(idx))
+            return rows, np.asarray(idx)
+        except EnvironmentProblem:  # a full disk (every process): load_pixels says it, in memory
+            pass
+    return load_pixels(ds, idx, pre, advance, ctx, warn)
+
+
+def _everywhere(ok: bool, ctx: Any) -> bool:
+    """`ok` on every process (the processes must take the same path)."""
+    if ctx is None or not ctx.enabled:
+        return ok
+    import torch
+
+    from ..distributed import all_reduce_sum
+
+    return all_reduce_sum(torch.tensor([float(not ok)]), ctx).item() == 0
 
 
 def open_image_run(cfg: Any, mean: float, std: float, out: Any) -> tuple[Any, Any, Any, ImageData]:
@@ -128,6 +158,9 @@ def begin_run(run: Any, data: ImageData, out: Any, cfg: Any, state: Any, resume:
     from ..distributed import on_main
 
     def write() -> None:
+        for part in (data.train, data.heldout, data.val):  # images found unusable later
+            if isinstance(part, PixelRows):
+                part.report = lambda: run.report_skipped(data.skipped, out)
         run.report_skipped(data.skipped, out)
         out.print(f"{data.summary}; {shown}")
         if resume:
@@ -146,6 +179,29 @@ def batches(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int
     needs 2), and one with fewer rows than processes (a process would get none)."""
     spans = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
     return [(a, b) for a, b in spans if b - a >= max(2, world_size)]
+
+
+def train_pixels(train: np.ndarray | PixelRows, device: Any) -> Any:
+    """What a loop indexes with `global_batch`: in-memory pixels as one tensor on `device`, a
+    folder's rows as they are (each batch goes to `device` when read)."""
+    if isinstance(train, PixelRows):
+        return train.on(device)
+    import torch
+
+    return torch.from_numpy(train).to(device)
+
+
+def global_batch(pixels: Any, order: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """uint8 rows of the global batch `order` (positions), on the pixels' device. From a folder
+    only this process's rows (`ctx.part`) are read; the others stay zero. The step keeps only its
+    rows (`rows_of`) but still sees the global batch's size and draws the global batch's noise,
+    so every process computes what one process computes. In-memory pixels are gathered whole."""
+    if isinstance(pixels, PixelRows):
+        import torch
+
+        part = ctx.part if ctx.enabled else None
+        return torch.from_numpy(pixels.batch(order.cpu().numpy(), part)).to(pixels.device)
+    return pixels[order.to(pixels.device)]
 
 
 def rows_of(batch: torch.Tensor, ctx: DistContext) -> torch.Tensor:

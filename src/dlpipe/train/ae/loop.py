@@ -28,7 +28,7 @@ from ...runs import RunDir
 from ...runtime import rng_state, set_rng_state
 from .. import loop
 from ..accel import Accel
-from ..images import ImageData, agree_stop, batches, rows_of, weighted
+from ..images import ImageData, agree_stop, batches, global_batch, rows_of, train_pixels, weighted
 from ..interrupt import Interrupted, StopFlag, save_or_explain
 from ..parallel import training_view
 from .parts import RawOutput, evaluate, save_triplets
@@ -144,7 +144,7 @@ class AeState:
     # ---- the loop skeleton's Task (train/loop.py) ---------------------------------------------
     def begin(self) -> None:
         """The training images onto the device."""
-        self.pixels = torch.from_numpy(self.train).to(self.device)
+        self.pixels = train_pixels(self.train, self.device)
 
     def train_epoch(self, epoch: int, advance: Any, stop: StopFlag) -> dict:
         """One epoch of denoising steps: the global mean training loss."""
@@ -196,7 +196,7 @@ def run_epoch(s: AeState, pixels: torch.Tensor, epoch: int, advance: Any, stop: 
         if agree_stop(stop.requested, s.device, s.ctx):
             s.partial = {"perm": perm, "total": all_reduce_sum(total, s.ctx), "n": index}
             raise Interrupted
-        clean = pixels[perm[a:b].to(pixels.device)].float().div_(255.0)
+        clean = global_batch(pixels, perm[a:b], s.ctx).float().div_(255.0)
         total += train_step(s, clean)
         s.step += 1
         advance(1)

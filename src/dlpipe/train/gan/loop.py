@@ -31,7 +31,7 @@ from ...runs import RunDir
 from ...runtime import rng_state, set_rng_state
 from .. import loop
 from ..accel import Accel
-from ..images import ImageData, agree_stop, batches, rows_of, weighted
+from ..images import ImageData, agree_stop, batches, global_batch, rows_of, train_pixels, weighted
 from ..interrupt import Interrupted, StopFlag, save_or_explain
 from ..parallel import training_view
 from .evaluate import (
@@ -183,7 +183,7 @@ class GanState:
     def begin(self) -> None:
         """The training images onto the device."""
         assert self.data is not None
-        self.pixels = torch.from_numpy(self.data.train).to(self.device)
+        self.pixels = train_pixels(self.data.train, self.device)
 
     def train_epoch(self, epoch: int, advance: Any, stop: StopFlag) -> dict:
         """One epoch of steps: the global step count, mean losses and D outputs, steps done."""
@@ -304,7 +304,7 @@ def run_epoch(
         if stopping:
             s.partial = {"perm": perm, "sums": sums, "n": n}
             raise Interrupted
-        real = pixels[perm[a:b].to(pixels.device)].float().div_(127.5).sub_(1.0)
+        real = global_batch(pixels, perm[a:b], s.ctx).float().div_(127.5).sub_(1.0)
         values, stopping = _global_values(train_step(s, real), b - a, stop.requested, s.ctx)
         _check_step(s, values, epoch, index, out)
         s.step += 1
