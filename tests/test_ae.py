@@ -142,6 +142,19 @@ def test_denoising_train_cli_json_metrics_and_contract(cli, stripes):
     model.load_state_dict(ck.weights["model"])
 
 
+def test_eval_limit_caps_the_images_evaluated(cli, stripes):
+    """--eval-limit: a large held-out split is evaluated on N images, the same N every epoch."""
+    res = cli("ae", "train", "--data", stripes, "--noise", "0.3", "--epochs", "1",
+              "--test-fraction", "0.5", "--val-fraction", "0.2", "--eval-limit", "5", "--json",
+              *TINY)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    m = parse_json(res.stdout)["metrics"]
+    assert m["heldout_images"] == 5 and np.isfinite(m["psnr_gain_db"])
+    full = cli("ae", "train", "--data", stripes, "--noise", "0.3", "--epochs", "1",
+               "--test-fraction", "0.5", "--val-fraction", "0.2", "--json", *TINY)  # fmt: skip
+    assert parse_json(full.stdout)["metrics"]["heldout_images"] == 20
+
+
 def test_conv_denoiser_keeps_its_parts(cli, stripes):
     res = cli("ae", "train", "--data", stripes, "--noise", "gaussian:0.3", "--arch", "conv",
               "--epochs", "1", "--json", *TINY)  # fmt: skip

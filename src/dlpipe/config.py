@@ -246,6 +246,9 @@ class AeConfig(ConfigBase):
     val_fraction: float = knob(0.1, "share held out for per-epoch validation", lo=0.0, hi=0.9)
     test_fraction: float = knob(0.1, "share held out for the final PSNR/SSIM", lo=0.0, hi=0.9)
     limit: int | None = knob(None, "use at most N training images", lo=1)
+    eval_limit: int | None = knob(
+        None, "at most N validation and N test images evaluated (spread over the classes)", lo=1
+    )
     seed: int = knob(0, "split, initialisation, noise and data order")
     device: str = knob("auto", "auto | cpu | cuda | cuda:N")
     deterministic: bool = knob(False, "bit-reproducible kernels")

@@ -88,6 +88,15 @@ def train(
     val_fraction: ValFractionOpt = 0.1,
     test_fraction: TestFractionOpt = 0.1,
     limit: LimitOpt = None,
+    eval_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-limit",
+            min=1,
+            help="At most N validation and N test images evaluated (spread over the classes).",
+            rich_help_panel="Data",
+        ),
+    ] = None,
     strict: StrictOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",

@@ -8,14 +8,17 @@ autoencoder (models/autoencoder.py), the default without noise.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...config import AeConfig
 from ...console import quiet
 from ...runs import RunDir
-from ..images import begin_run, open_image_run, share_rng
+from ..images import ImageData, begin_run, open_image_run, share_rng
 
 
 def train_autoencoder(
@@ -36,6 +39,7 @@ def train_autoencoder(
     if resume and cfg.arch is None:  # a run from before --arch: keep the net it was built with
         cfg.arch = _saved_net(run)
     ctx, device, accel, data = open_image_run(cfg, 0.0, 1.0, out)
+    data = _evaluated_at_most(data, cfg.eval_limit)
     train, val = data.train, data.val
     state = AeState.create(cfg, data, device, noise, ctx, accel)
     if resume:
@@ -58,3 +62,23 @@ def _saved_net(run: RunDir) -> str | None:
     if not path.exists():
         return None  # resume explains that there is nothing to resume
     return str(load_checkpoint(path).meta.get("arch", {}).get("net", "conv"))
+
+
+def _evaluated_at_most(data: ImageData, n: int | None) -> ImageData:
+    """`data` with at most `n` validation and `n` held-out images (--eval-limit): held-out ones
+    spread over the classes, validation ones evenly over the split; only those rows are read."""
+    if n is None:
+        return data
+    from ...data.splits import spread
+
+    val = spread(np.full(len(data.val), -1), n)
+    labels = (
+        data.heldout_labels if data.heldout_labels is not None else np.full(len(data.heldout), -1)
+    )
+    test = spread(labels, n)
+    return dataclasses.replace(
+        data,
+        val=data.val[val] if len(val) < len(data.val) else data.val,
+        heldout=data.heldout[test] if len(test) < len(data.heldout) else data.heldout,
+        heldout_labels=None if data.heldout_labels is None else data.heldout_labels[test],
+    )
