@@ -19,6 +19,7 @@ from .console import json_safe
 from .console import shown as show
 from .errors import BadInput
 from .locks import LOCK_NAME, lock
+from .text import printable
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -175,7 +176,7 @@ class RunDir:
         """Append a timestamped line to log.txt."""
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {printable(message)}\n")
 
     def report_skipped(self, skipped: list[tuple[str, str]], out: Any = None) -> Path | None:
         """List unusable input files in skipped.txt (and warn on screen); None when there were none."""
@@ -190,6 +191,7 @@ class RunDir:
         buf = io.StringIO()  # a name with a tab or newline is quoted, never a forged row
         writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
         writer.writerow(["file", "reason"])
+        # a name that is not UTF-8 is listed as shown on screen (caf\xe9.png): see write_text
         writer.writerows([str(f), str(why)] for f, why in skipped)
         return write_text(self.path / "skipped.txt", buf.getvalue())
 
