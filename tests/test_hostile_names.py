@@ -312,3 +312,57 @@ def test_printable_shows_undecodable_bytes_as_escapes(capsys) -> None:
     Output().warn(name)
     captured = capsys.readouterr()
     assert "caf\\xe9-\\xff.png" in captured.out and "caf\\xe9-\\xff.png" in captured.err
+
+
+# --- one image per class: nothing to hold out ----------------------------------------------------
+
+
+def _one_per_class(n: int = 5) -> None:
+    rng = np.random.default_rng(1)
+    for c in range(n):
+        Path(f"one/c{c}").mkdir(parents=True)
+        arr = (rng.integers(0, 60, (8, 8)) + 40 * c).astype(np.uint8)
+        Image.fromarray(arr).save(f"one/c{c}/0.png")
+
+
+def test_one_image_per_class_says_why_there_is_no_held_out_score(cli) -> None:
+    """Was: "held-out acc (val, n=0) nan" without a word, and NaN in --json. Now a warning with
+    the reason and what to do, null in strict JSON, and no empty confusion matrix."""
+    _one_per_class()
+    res = cli("finetune", *FINETUNE, "--data", "one", "--name", "n", "--json")
+    assert res.exit_code == 0, res.output
+    m = _strict_json(res.stdout)["metrics"]
+    assert m["held_out_size"] == 0 and m["held_out_acc"] is None and m["held_out_split"] is None
+    assert m["best_val_acc"] is None and "last_val_acc" not in m  # they were training accuracy
+    assert "every class has a single image" in m["held_out_note"]
+    _said(res, "warning: no held-out images: every class has a single image (5 in all)",
+          "a class needs 2 images to spare one", "measured on the training images",
+          "dlpipe eval RUN --data OTHER_FOLDER")  # fmt: skip
+    assert not Path("runs/finetune/n/confusion.png").exists()
+    saved = json.loads(Path("runs/finetune/n/metrics.json").read_text(), parse_constant=pytest.fail)
+    assert saved["held_out_acc"] is None
+    res = cli("finetune", *FINETUNE, "--data", "one", "--name", "q", "--quiet")
+    assert res.exit_code == 0, res.output
+    _said(res, "no held-out accuracy (no held-out images); run folder runs/finetune/q")
+    assert "nan" not in res.output
+
+
+def test_one_image_per_class_in_ae_train_says_the_scores_will_be_missing(cli) -> None:
+    _one_per_class()
+    res = cli("ae", "train", "--latent", "4", "--width", "4", "--data", "one", "--epochs", "1",
+              "--device", "cpu", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert _strict_json(res.stdout)["metrics"]["heldout_images"] == 0
+    _said(res, "no held-out images: every class has a single image", "needs 3 images",
+          "(PSNR/SSIM of ae train, fd/kid of gan train) will be missing")  # fmt: skip
+
+
+def test_held_out_missing_names_the_cause() -> None:
+    from dlpipe.data.splits import held_out_missing
+
+    labels = np.array([0, 0, 1, 1])
+    both = {"val": 0.0, "test": 0.0}
+    assert held_out_missing(labels, both, 2) == "--val-fraction and --test-fraction are both 0"
+    assert held_out_missing(labels, {"test": 0.0}, 2) == "--test-fraction is 0"
+    why = held_out_missing(labels, {"val": 0.1, "test": 0.1}, 3)
+    assert why.startswith("no class has more than 2 images (4 in all), and a class needs 3")

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data import Preprocess, make_split, open_source
 from ..data.pixcache import load_pixels
-from ..data.splits import subsample
+from ..data.splits import held_out_missing, subsample
 from ..distributed import current
 from ..models.dcgan import stages
 
@@ -74,9 +74,15 @@ def load_image_data(
     c = ds.channels
     pre = Preprocess(resize=size, crop=size, mean=[mean] * c, std=[std] * c, channels=c)
     split = make_split(ds.labels, val_fraction, test_fraction, seed, ds.official_test)
+    ctx = current()
+    if not len(split.test) and ctx.is_main:
+        why = held_out_missing(ds.labels, {"test": test_fraction}, need=2 + (val_fraction > 0))
+        out.warn(
+            f"no held-out images: {why}. The final scores on held-out images (PSNR/SSIM of ae "
+            "train, fd/kid of gan train) will be missing. Add images to the folder."
+        )
     train_idx = subsample(ds.labels, split.train, limit, seed)
     total = len(train_idx) + len(split.test) + len(split.val)
-    ctx = current()
     with out.progress("decoding images", total) as advance:
         train, train_idx = load_pixels(ds, train_idx, pre, advance, ctx, out.warn)
         nothing = np.zeros((0, c, size, size), dtype=np.uint8)
