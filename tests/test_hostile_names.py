@@ -56,6 +56,16 @@ def test_duplicate_yaml_keys_are_refused(cli) -> None:
     _said(res, "p.yaml:6: key 'limit' is given twice (first on line 5)")
 
 
+def test_a_python_tag_is_refused_with_its_line(cli) -> None:
+    """Was exit 70 (ConstructorError): a tag the safe loader will not build is bad input."""
+    Path("p.yaml").write_text(
+        STAGE.replace("limit: 20", "limit: !!python/object/apply:os.system [ls]")
+    )
+    res = cli("run", "p.yaml", "--dry-run")
+    assert res.exit_code == 2, res.output
+    _said(res, "p.yaml:5: not a plain YAML value (could not determine a constructor for the tag")
+
+
 def test_an_alias_bomb_stays_cheap() -> None:
     import time
 
