@@ -85,13 +85,12 @@ def load_image_data(
     total = len(train_idx) + len(split.test) + len(split.val)
     with out.progress("decoding images", total) as advance:
         train, train_idx = load_pixels(ds, train_idx, pre, advance, ctx, out.warn)
-        nothing = np.zeros((0, c, size, size), dtype=np.uint8)
-        heldout = (
-            load_pixels(ds, split.test, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
+        nothing = np.zeros((0, c, size, size), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+        main = ctx.is_main
+        heldout, test_idx = (
+            load_pixels(ds, split.test, pre, advance, None, out.warn) if main else nothing
         )
-        val = (
-            load_pixels(ds, split.val, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
-        )
+        val = load_pixels(ds, split.val, pre, advance, None, out.warn)[0] if main else nothing[0]
     meta = {
         "source": source,
         "data_root": data_root,
@@ -104,7 +103,7 @@ def load_image_data(
         "heldout_images": int(len(split.test)),
         "val_images": int(len(split.val)),
     }
-    labels = ds.labels[split.test]
+    labels = ds.labels[test_idx]  # of the images decoded: one that vanished has no row
     return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped, labels)
 
 

@@ -154,6 +154,7 @@ class Session:
             wdesc = weights.describe() if weights else {"spec": cfg.weights, "source": "none"}
         info["in_chans"] = in_chans
         s = cls(cfg, run, out, data, model.to(device), info, pre, wdesc, device, ctx, accel)
+        s._skips_reported = len(data.ds.skipped)  # reported above, when the folder was read
         s.stage = "frozen" if s.frozen_at(0) else "unfrozen"
         s._check_input_size()
         s._setup_optimizer()
@@ -298,9 +299,10 @@ class Session:
         return self._pixels[split]
 
     def _report_late_skips(self) -> None:
-        """Images found undecodable while decoding join skipped.txt (rank 0 writes it)."""
+        """Images found undecodable while decoding (corrupt, or vanished or changed since the
+        folder was read) join skipped.txt and are named on screen (rank 0 does both)."""
         if self.ctx.is_main and len(self.data.ds.skipped) > self._skips_reported:
-            self.run.report_skipped(self.data.ds.skipped)
+            self.run.report_skipped(self.data.ds.skipped, self.out, since=self._skips_reported)
             self._skips_reported = len(self.data.ds.skipped)
 
     def source(
