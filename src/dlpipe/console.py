@@ -41,11 +41,19 @@ class _Stream:
     def __init__(self, name: str) -> None:
         self._name = name
 
+    def _target(self) -> Any:
+        # under a progress bar sys.stdout is rich's line-buffering proxy; a plain Console writes
+        # to the file behind it, and so does this one (rich must not unwrap *this* object)
+        stream = getattr(sys, self._name)
+        return getattr(stream, "rich_proxied_file", stream)
+
     def write(self, text: str) -> int:
-        return getattr(sys, self._name).write(printable(text))
+        return self._target().write(printable(text))
 
     def __getattr__(self, attr: str) -> Any:
-        return getattr(getattr(sys, self._name), attr)
+        if attr == "rich_proxied_file":
+            raise AttributeError(attr)
+        return getattr(self._target(), attr)
 
 
 def console(stderr: bool = False, quiet: bool = False) -> Console:
