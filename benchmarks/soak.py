@@ -5,6 +5,11 @@ Faults (--faults, comma list): `kill` (SIGKILL), `term` (SIGTERM: the run must s
 resume command and exit 143, never a traceback) and `full` (the run's folder is a small tmpfs
 filled up to a random point: the run must exit 3 naming the file, never a traceback; the re-run
 after freeing the space must finish). `full` needs root to mount a tmpfs and is skipped otherwise.
+`vanish` and `garble` train on a folder of PNGs instead of a built-in set and, just after dlpipe
+has read the folder's index (while it decodes the images), delete 30% of the files or overwrite
+them with random bytes: the run must finish and list in skipped.txt only files that really were
+deleted ("vanished since the data set was opened") or garbled ("changed since ..."), or stop with
+a clear error (exit 2) - never a traceback.
 
 Verified means: the final checkpoint loads (safetensors, no pickle) and holds the last epoch, the
 metrics.csv has each epoch exactly once (a resumed run appended nothing twice), no temporary files
@@ -14,6 +19,7 @@ with finite output. The baseline printed beside it is the uninterrupted wall tim
     .venv/bin/python benchmarks/soak.py --runs 50            # the full soak (about 20 min here)
     .venv/bin/python benchmarks/soak.py --runs 8 --out benchmarks/results/soak.md
     .venv/bin/python benchmarks/soak.py --runs 6 --faults kill,term,full
+    .venv/bin/python benchmarks/soak.py --runs 3 --faults vanish,garble
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,14 +62,28 @@ stages:
 LAST_STDERR = {"text": ""}
 
 
+def _start(cwd: Path) -> subprocess.Popen:
+    """`dlpipe run p.yaml --quiet` in `cwd`, with its own cache folder there (the data faults
+    watch its folder index appear, and no run reuses another's decoded pixels)."""
+    env = {**_env(), "DLPIPE_CACHE_DIR": str(cwd / "cache")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dlpipe", "run", "p.yaml", "--quiet"],
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        text=True, env=env,
+    )  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    """This environment with PYTHONPATH made absolute: the runs start in other folders, and a
+    relative `PYTHONPATH=src` would silently test whichever dlpipe is installed instead."""
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in paths if p)}
+
+
 def _run(cwd: Path, kill_after: float | None, sig: int = signal.SIGKILL) -> tuple[int, float]:
     """One `dlpipe run`; send `sig` after `kill_after` seconds if it is still going."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dlpipe", "run", "p.yaml", "--quiet"],
-        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-        text=True,
-    )  # fmt: skip
+    proc = _start(cwd)
     try:
         _, err = proc.communicate(timeout=kill_after)
     except subprocess.TimeoutExpired:
@@ -104,9 +125,55 @@ def _fault_run(cwd: Path, fault: str, at: float, rng: random.Random, size: int) 
     return code, wrong
 
 
-def _free(path: Path) -> int:
-    import shutil
+SHARE = 0.3  # of the folder's images deleted or garbled by the data faults
+_DONE = {"vanish": "deleted", "garble": "garbled"}
+_LISTED = {"vanish": "vanished since the data set was opened",
+           "garble": "changed since the data set was opened"}  # fmt: skip
 
+
+def _data_fault_run(cwd: Path, fault: str, rng: random.Random) -> tuple[int, str, int, int]:
+    """The first run, with SHARE of its images deleted (vanish) or overwritten with random bytes
+    (garble) 0-0.2 s after dlpipe wrote the folder's index (it decodes the images next); returns
+    (exit code, what was wrong, files hit, how many of them skipped.txt lists)."""
+    files = sorted((cwd / "data").rglob("*.png"))
+    hit = rng.sample(files, int(SHARE * len(files)))
+    proc, index = _start(cwd), cwd / "cache" / "index"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not any(index.glob("*.json")):
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0, 0.2))
+    for path in hit:
+        if fault == "vanish":
+            path.unlink()
+        else:
+            path.write_bytes(os.urandom(rng.randint(16, 512)))
+    _, err = proc.communicate()
+    LAST_STDERR["text"] = err or ""
+    code = proc.returncode
+    wrong = f"traceback (exit {code}): {err[-1500:]}" if "Traceback" in err else ""
+    if code not in (0, 2) or (code == 2 and "error:" not in err):
+        wrong = wrong or f"exit {code} with files {_DONE[fault]}: {err[-300:]}"
+    listed = _listed(cwd / "runs/ae/soak-train/skipped.txt")
+    names = {str(p.relative_to(cwd)) for p in hit}
+    # a file garbled between its check and its decode is listed as corrupt: any reason will do
+    # for a file that was hit, but an untouched file must never be reported vanished or changed
+    false = sorted(f for f, why in listed if why in _LISTED.values() and f not in names)
+    if false:
+        wrong = wrong or f"skipped.txt says untouched files vanished or changed: {false[:3]}"
+    return code, wrong, len(hit), sum(f in names for f, _ in listed)
+
+
+def _listed(path: Path) -> list[tuple[str, str]]:
+    """(file, reason) rows of a skipped.txt; none when there is no file."""
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [(row[0], row[1]) for row in list(csv.reader(fh, delimiter="\t"))[1:]]
+
+
+def _free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
@@ -156,18 +223,41 @@ def verify(cwd: Path) -> list[str]:
     return problems
 
 
+DATA_FAULTS = ("vanish", "garble")
+
+
+def _prepare(cwd: Path, fault: str, source: Path | None) -> None:
+    """p.yaml in `cwd`; for the data faults a fresh copy of the PNG folder (all of it read)."""
+    if source is None:
+        (cwd / "p.yaml").write_text(PIPELINE)
+        return
+    shutil.copytree(source, cwd / "data")
+    (cwd / "p.yaml").write_text(
+        PIPELINE.replace("data: digits", "data: data").replace("limit: 240", "limit: 800")
+    )
+
+
+def _png_folder(base: Path) -> Path:
+    """1,000 real MNIST digits (28x28) as a folder of PNGs, written by `dlpipe data export`."""
+    out = base / "data-src"
+    cmd = [sys.executable, "-m", "dlpipe", "data", "export", "mnist5k", str(out), "--limit", "1000"]
+    subprocess.run([*cmd, "--quiet"], check=True, capture_output=True, env=_env())
+    return out
+
+
 def soak(runs: int, seed: int, fault: str = "kill") -> dict:
     """Run the soak with one kind of fault; returns the figures."""
     rng = random.Random(seed)
     base = Path(tempfile.mkdtemp(prefix="dlpipe-soak-"))
+    source = _png_folder(base) if fault in DATA_FAULTS else None
     ref = base / "baseline"
     ref.mkdir()
-    (ref / "p.yaml").write_text(PIPELINE)
+    _prepare(ref, fault, source)
     code, baseline_s = _run(ref, None)
     assert code == 0, "the uninterrupted baseline run failed"
     size = _size(ref)
     stats = {"fault": fault, "runs": runs, "hit": 0, "survived": 0, "verified": 0, "reruns": 0,
-             "failures": []}  # fmt: skip
+             "failures": [], "files_hit": 0, "files_listed": 0}  # fmt: skip
     for i in range(runs):
         cwd = base / f"run{i:03d}"
         if fault == "full":
@@ -177,9 +267,14 @@ def soak(runs: int, seed: int, fault: str = "kill") -> dict:
                 break
         else:
             cwd.mkdir()
-        (cwd / "p.yaml").write_text(PIPELINE)
+        _prepare(cwd, fault, source)
         at = rng.uniform(0.5, baseline_s)  # anywhere: import, data, an epoch, a write, export
-        first, wrong = _fault_run(cwd, fault, at, rng, size)
+        if fault in DATA_FAULTS:
+            first, wrong, files, listed = _data_fault_run(cwd, fault, rng)
+            stats["files_hit"] += files
+            stats["files_listed"] += listed
+        else:
+            first, wrong = _fault_run(cwd, fault, at, rng, size)
         stats["hit"] += first != 0
         if wrong:
             stats["failures"].append(f"run {i}: {wrong}")
@@ -223,7 +318,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Markdown results file.")
-    parser.add_argument("--faults", default="kill", help="Comma list of kill, term, full.")
+    parser.add_argument("--faults", default="kill", help="Comma list of " + ", ".join(FAULTS) + ".")
     args = parser.parse_args()
     lines = [
         "# Soak: tiny pipelines (ae train -> export) hit by a fault at random, then re-run",
@@ -236,7 +331,8 @@ def main() -> None:
         "verified | re-runs | uninterrupted run (baseline) | soak wall time |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    failures = []
+    failures: list[str] = []
+    notes: list[str] = []
     for fault in args.faults.split(","):
         t0 = time.perf_counter()
         s = soak(args.runs, args.seed, fault)
@@ -246,7 +342,11 @@ def main() -> None:
             f"{s['reruns']} | {s['baseline_s']:.1f} s | {wall:.0f} s |"
         )
         failures += [f"{fault}: {f}" for f in s["failures"]]
+        if fault in DATA_FAULTS:
+            notes.append(f"{fault}: {s['files_hit']} files {_DONE[fault]} in {s['runs']} runs, "
+                         f"{s['files_listed']} of them listed in skipped.txt")  # fmt: skip
     lines += ["", "Failures: " + ("; ".join(failures) if failures else "none.")]
+    lines += [f"Data faults: {'; '.join(notes)}." if notes else ""]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
@@ -258,6 +358,8 @@ FAULTS = {
     "kill": "SIGKILL",
     "term": "SIGTERM (must exit 143 or 0, no traceback)",
     "full": "disk full on a 64 MiB tmpfs (must exit 3 naming the file, or 0)",
+    "vanish": "30% of the PNGs deleted while decoding (must finish listing them, or exit 2)",
+    "garble": "30% of the PNGs overwritten with random bytes while decoding (listed, or exit 2)",
 }
 
 

@@ -213,3 +213,95 @@ def test_under_raw_torchrun_the_paragraph_is_printed_once_and_names_the_cause(tm
     report = out.stderr[out.stderr.index("Failures:") if "Failures:" in out.stderr else 0 :]
     assert "dlpipe: " in report and "missing" in report and "(exit code 2)" in report, report
     assert "<N/A>" not in out.stderr
+
+
+# --- files that vanish or change while a run decodes them ----------------------------------------
+
+
+def _digit_folder(root: Path, per: int = 12) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(per):
+            arr = rng.integers(0, 80, (16, 16)) + 80 * c
+            Image.fromarray(arr.astype(np.uint8)).save(root / str(c) / f"{i:02d}.png")
+    return root
+
+
+def _vandalise_after_opening(monkeypatch, module: str, gone: float, garbage: float) -> dict:  # noqa: ANN001
+    """Patch `module.open_source` so that, right after the data set is opened (its index read,
+    nothing decoded yet), a share of its files is deleted and another share overwritten with
+    garbage: what another process or a sync tool does to a folder during a run."""
+    import importlib
+
+    target = importlib.import_module(module)
+    real, hit = target.open_source, {"gone": [], "garbage": []}
+
+    def opened(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        ds = real(*args, **kwargs)
+        files = sorted(ds.paths)
+        for p in files[: int(gone * len(files))]:
+            p.unlink()
+            hit["gone"].append(str(p))
+        for p in files[len(files) - int(garbage * len(files)) :]:
+            p.write_bytes(b"garbage, not a PNG any more")
+            hit["garbage"].append(str(p))
+        return ds
+
+    monkeypatch.setattr(target, "open_source", opened)
+    return hit
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        ("dlpipe.train.images", ["ae", "train", "--width", "4", "--latent", "4"]),
+        ("dlpipe.train.classifier.session",
+         ["finetune", "--backbone", "mnist_cnn_bn", "--weights", "none", "--image-size", "16"]),
+    ],
+)  # fmt: skip
+def test_files_deleted_or_garbled_during_a_run_are_skipped_and_listed(
+    cli, monkeypatch, module, argv
+) -> None:
+    import csv
+    import json
+
+    from dlpipe.checkpoint import load_checkpoint
+
+    _digit_folder(Path("d"))
+    hit = _vandalise_after_opening(monkeypatch, module, gone=0.2, garbage=0.1)
+    res = cli(*argv, "--data", "d", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+              "--name", "v", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    json.loads(res.stdout, parse_constant=pytest.fail)
+    run = Path("runs", argv[0], "v")
+    with open(run / "skipped.txt", newline="") as fh:
+        listed = dict(list(csv.reader(fh, delimiter="\t"))[1:])
+    assert len(hit["gone"]) == 7 and len(hit["garbage"]) == 3
+    assert {f: listed.get(f) for f in hit["gone"]} == dict.fromkeys(
+        hit["gone"], "vanished since the data set was opened"
+    )
+    assert {f: listed.get(f) for f in hit["garbage"]} == dict.fromkeys(
+        hit["garbage"], "changed since the data set was opened"
+    )
+    said = " ".join(res.stderr.split())  # named on screen too, as found (train, val, test)
+    assert "unusable file(s): d/0/00.png (vanished since the data set was opened)" in said
+    assert f"list in {run}/skipped.txt" in said
+    load_checkpoint(run / "checkpoints/last.safetensors")  # whole, not half-written
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_folder_mostly_deleted_during_a_run_is_a_clear_error(cli, monkeypatch) -> None:
+    _digit_folder(Path("d"))
+    _vandalise_after_opening(monkeypatch, "dlpipe.train.images", gone=0.7, garbage=0.0)
+    res = cli("ae", "train", "--width", "4", "--latent", "4", "--data", "d", "--epochs", "1",
+              "--device", "cpu", "--name", "v")  # fmt: skip
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "Traceback" not in text and "the data set looks mostly unusable" in text
+    assert "vanished or changed" in text
+    assert not Path("runs/ae/v/checkpoints/last.safetensors").exists()

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .text import printable
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
@@ -94,12 +96,12 @@ def optional_write(write: Callable[[], object], path: str | os.PathLike[str], wh
 
 
 def _warn(message: str) -> None:
-    from rich.console import Console
     from rich.markup import escape
 
+    from .console import console
     from .distributed import env_rank
 
-    Console(stderr=True, highlight=False, quiet=env_rank() != 0).print(
+    console(stderr=True, quiet=env_rank() != 0).print(
         f"[yellow]warning:[/] {escape(message)}", soft_wrap=True
     )
 
@@ -118,5 +120,6 @@ def write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> Path:
-    """Atomically write UTF-8 text to `target`."""
-    return write_bytes(target, text.encode("utf-8"))
+    """Atomically write UTF-8 text to `target`; a file name in it that is not UTF-8 is written as
+    shown on screen (`caf\\xe9.png`), never a UnicodeEncodeError after the work is done."""
+    return write_bytes(target, printable(text).encode("utf-8"))

@@ -129,8 +129,11 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         )
     _refuse_pickle(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
+        if _utf8(path):
+            with safe_open(str(path), framework="pt") as fh:
+                header = fh.metadata() or {}
+        else:
+            header = _read_header(path)
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise BadInput(
             f"Checkpoint {path} is truncated or not a safetensors file ({exc}).",
@@ -218,12 +221,15 @@ def _refuse_pickle(path: Path) -> None:
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     """Load a checkpoint without unpickling anything; tensors land on `device`."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     path = Path(path)
     meta, header = _open(path)
     try:
-        tensors = load_file(str(path), device=device)
+        if _utf8(path):
+            tensors = load_file(str(path), device=device)
+        else:  # safetensors refuses such a path; its bytes load the same way
+            tensors = {k: t.to(device) for k, t in load(path.read_bytes()).items()}
     except Exception as exc:
         raise BadInput(
             f"Checkpoint {path} could not be read ({exc}).", hint="It is truncated or corrupt."
@@ -241,6 +247,31 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     except (KeyError, TypeError, ValueError):
         raise _damaged(path, _STATE_KEY, "does not describe a training state") from None
     return Checkpoint(path=path, meta=meta, weights=weights, state=state)
+
+
+def _utf8(path: Path) -> bool:
+    """Whether safetensors can open `path` itself (it refuses a name that is not UTF-8)."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _read_header(path: Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file, read directly: 8 bytes of header length, then
+    the JSON header (at most 100 MB, as safetensors allows)."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        if not 0 < size <= 100_000_000:
+            raise ValueError(f"header length {size} is out of range")
+        blob = fh.read(size)
+    if len(blob) != size:
+        raise ValueError("the header is cut short")
+    meta = json.loads(blob).get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("__metadata__ is not a mapping of strings")
+    return meta
 
 
 def _tensor_refs(obj: Any) -> set[str]:

@@ -11,11 +11,13 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import PurePath
 from typing import Any, Protocol
 
 from rich.console import Console
 
 from .distributed import env_rank
+from .text import printable
 
 
 class Reporter(Protocol):
@@ -31,6 +33,34 @@ class Reporter(Protocol):
         """A context manager yielding `advance(n=1, info=None)`."""
 
 
+class _Stream:
+    """sys.stdout or sys.stderr as it is at each write (test runners and rich's progress bars
+    swap them), writing a file name that is not UTF-8 as `caf\\xe9` instead of failing to encode:
+    a rich Table or Panel holding such a name is not a string `Output.print` could clean."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _target(self) -> Any:
+        # under a progress bar sys.stdout is rich's line-buffering proxy; a plain Console writes
+        # to the file behind it, and so does this one (rich must not unwrap *this* object)
+        stream = getattr(sys, self._name)
+        return getattr(stream, "rich_proxied_file", stream)
+
+    def write(self, text: str) -> int:
+        return self._target().write(printable(text))
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "rich_proxied_file":
+            raise AttributeError(attr)
+        return getattr(self._target(), attr)
+
+
+def console(stderr: bool = False, quiet: bool = False) -> Console:
+    """A rich Console on stdout or stderr that never fails on a name that is not UTF-8."""
+    return Console(file=_Stream("stderr" if stderr else "stdout"), quiet=quiet, highlight=False)
+
+
 class Output:
     """Human output to stdout (stderr with --json), progress bars unless --quiet, one JSON result."""
 
@@ -38,10 +68,10 @@ class Output:
         self.main = env_rank() == 0  # under torchrun only rank 0 talks
         self.json_mode = json_mode
         self.quiet = quiet or not self.main
-        self.console = Console(stderr=json_mode, quiet=self.quiet, highlight=False)
-        self.err = Console(stderr=True, quiet=not self.main, highlight=False)
+        self.console = console(stderr=json_mode, quiet=self.quiet)
+        self.err = console(stderr=True, quiet=not self.main)
         # the final line saying where the result went prints even with --quiet
-        self.final = Console(stderr=json_mode, quiet=not self.main, highlight=False)
+        self.final = console(stderr=json_mode, quiet=not self.main)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Human output (silenced by --quiet); control characters are shown, not sent."""
@@ -74,7 +104,7 @@ class Output:
         ]
         if total is not None:
             total = max(0, total)  # resuming with --epochs below the epochs done: 0/0, not 0/-710
-        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        with Progress(*columns, console=console(stderr=True), transient=False) as bar:
             task = bar.add_task(description, total=total, info="")
 
             def advance(n: int = 1, info: str | None = None) -> None:
@@ -99,8 +129,9 @@ _ALL_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # in a name, a newline could
 
 
 def visible(text: str) -> str:
-    """Control characters (ESC, CR, BEL, ...) shown as \\x.. instead of acting on the terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """Control characters (ESC, CR, BEL, ...) and undecodable bytes shown as \\x.. instead of
+    acting on the terminal (or failing to encode)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(text))
 
 
 def shown(name: Any) -> str:
@@ -108,15 +139,17 @@ def shown(name: Any) -> str:
     visible, so `[bold red]one` prints as typed and `ESC[2J` does not clear the screen."""
     from rich.markup import escape
 
-    return escape(_ALL_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(name)))
+    return escape(_ALL_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(str(name))))
 
 
 def json_safe(obj: Any) -> Any:
     """NaN and infinities as null: `NaN` is not JSON, and a reader's parser would reject the line."""
     if isinstance(obj, float):
         return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, str | PurePath):  # a lone surrogate is not portable JSON (RFC 8259 8.2)
+        return printable(str(obj))
     if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+        return {json_safe(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [json_safe(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", None) == 0:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .text import printable
 
 
 def _pyplot():  # noqa: ANN202 - the matplotlib module
@@ -86,6 +87,7 @@ def plot_confusion(
     n = len(class_names)
     total = int(matrix.sum())
     acc = accuracy if accuracy is not None else (np.trace(matrix) / total if total else None)
+    title = printable(title).replace("$", r"\$")  # it may name a data folder: not math, not bytes
     heading = f"{title}\n" + (f"accuracy {acc:.2%} " if acc is not None else "") + f"(n={total})"
     if n > MAX_DRAWN_CLASSES:
         return _top_confusions(matrix, class_names, out, heading)
@@ -152,7 +154,7 @@ def _top_confusions(
 
 def _label(name: object, width: int = 24) -> str:
     """A class name as plain text: control characters shown as escapes, '$' not read as math, cut."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in printable(str(name)))
     text = text if len(text) <= width else text[: width - 1] + "…"
     return text.replace("$", r"\$")
 

@@ -19,6 +19,7 @@ from .console import json_safe
 from .console import shown as show
 from .errors import BadInput
 from .locks import LOCK_NAME, lock
+from .text import printable
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -175,21 +176,28 @@ class RunDir:
         """Append a timestamped line to log.txt."""
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {printable(message)}\n")
 
-    def report_skipped(self, skipped: list[tuple[str, str]], out: Any = None) -> Path | None:
-        """List unusable input files in skipped.txt (and warn on screen); None when there were none."""
+    def report_skipped(
+        self, skipped: list[tuple[str, str]], out: Any = None, since: int = 0
+    ) -> Path | None:
+        """List unusable input files in skipped.txt (and warn on screen about those from index
+        `since` on: the ones found later, while decoding); None when there were none."""
         if not skipped:
             return None
-        if out is not None:
-            shown = "; ".join(f"{show(f)} ({show(why)})" for f, why in skipped[:3])
-            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        fresh = skipped[since:]
+        if out is not None and fresh:
+            shown = "; ".join(f"{show(f)} ({show(why)})" for f, why in fresh[:3])
+            more = f" and {len(fresh) - 3} more" if len(fresh) > 3 else ""
+            late = " more" if since else ""
             out.warn(
-                f"skipped {len(skipped)} unusable file(s): {shown}{more}; list in {self.path / 'skipped.txt'}"
+                f"skipped {len(fresh)}{late} unusable file(s): {shown}{more}; list in "
+                f"{self.path / 'skipped.txt'}"
             )
         buf = io.StringIO()  # a name with a tab or newline is quoted, never a forged row
         writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
         writer.writerow(["file", "reason"])
+        # a name that is not UTF-8 is listed as shown on screen (caf\xe9.png): see write_text
         writer.writerows([str(f), str(why)] for f, why in skipped)
         return write_text(self.path / "skipped.txt", buf.getvalue())
 

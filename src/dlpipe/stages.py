@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import os
 import types
@@ -46,10 +47,23 @@ class Stage:
 
     def options(self) -> list[str]:
         """Every option name a pipeline stage or API call may give, in CLI spelling order."""
-        names = [f.name for f in dataclasses.fields(self.config_class())]
+        names = list(field_names(self.config_class()))
         if self.trains:
-            names += [f.name for f in dataclasses.fields(RunOptions)]
+            names += field_names(RunOptions)
         return names + list(self.aliases)
+
+
+@functools.cache
+def field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, read once per class (a pipeline checks every stage's options)."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """typing.get_type_hints, once per class: it evaluates every annotation string on each call,
+    which cost more than all the rest of checking a pipeline stage. Callers must not modify it."""
+    return typing.get_type_hints(cls)
 
 
 STAGES: dict[str, Stage] = {
@@ -119,10 +133,10 @@ def build(
     `required=False` only checks the values given (a pipeline whose values come later): the
     config is then None."""
     cls = stage.config_class()
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     values: dict[str, Any] = dict(base or {})
     run_values: dict[str, Any] = {}
-    run_fields = {f.name for f in dataclasses.fields(RunOptions)}
+    run_fields = field_names(RunOptions)
     for option, raw in options.items():
         name = field_name(stage, option)
         if name is None:
@@ -135,7 +149,7 @@ def build(
                 hint=f"Valid options: {', '.join(valid)}.",
             )
         if name in run_fields and stage.trains:
-            run_values[name] = coerce(raw, typing.get_type_hints(RunOptions)[name], option)
+            run_values[name] = coerce(raw, type_hints(RunOptions)[name], option)
         else:
             values[name] = coerce(raw, hints[name], option)
     if not required:

@@ -18,11 +18,13 @@ from typing import Annotated, Any, TypeVar
 
 import click
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from ..atomic import free_space, is_disk_full
-from ..console import Output  # noqa: F401 - re-exported for the commands
+from ..console import (
+    Output,  # noqa: F401 - re-exported for the commands
+    console,
+)
 from ..distributed import env_rank, tell_launcher
 from ..errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, DlpipeError, NotImplementedYet
 from ..limits import check_options
@@ -117,7 +119,7 @@ def tidy_help(func: Callable[..., Any]) -> dict[str, Any]:
 
 def _say(markup: str) -> None:
     """One paragraph on stderr; under torchrun only rank 0 prints it."""
-    Console(stderr=True, highlight=False, quiet=env_rank() != 0).print(markup, soft_wrap=True)
+    console(stderr=True, quiet=env_rank() != 0).print(markup, soft_wrap=True)
 
 
 def _command_name(func: Callable[..., Any]) -> str:
@@ -156,7 +158,7 @@ def _write_crash_log(name: str, run: Path | None) -> Path | None:
     for place in places:
         try:
             place.parent.mkdir(parents=True, exist_ok=True)
-            place.write_text(text, encoding="utf-8")
+            place.write_text(text, encoding="utf-8", errors="backslashreplace")
             return place
         except OSError:
             continue

@@ -196,8 +196,13 @@ def finetune(
     out = Output(json, quiet)
     launch_if_asked(ctx, nproc, device)
     result = run_from_cli(ctx, "finetune", out, config_file)
-    acc = result["metrics"].get("held_out_acc", float("nan"))
-    out.result(result, f"held-out accuracy {acc:.4f}; run folder {result['run_dir']}")
+    acc = result["metrics"].get("held_out_acc")
+    score = (
+        "no held-out accuracy (no held-out images)"
+        if acc is None or acc != acc
+        else f"held-out accuracy {acc:.4f}"
+    )
+    out.result(result, f"{score}; run folder {result['run_dir']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadInput
+from ..text import printable
 from .builtin import BUILTINS
 from .decode import BadImage, decode, is_image_name
 from .index import Candidate, Header, dedupe, headers, walk
@@ -151,11 +152,25 @@ def _lazy_get(
 
 
 def _classes(path: Path, files: list[Candidate]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Class names (top-level folders holding at least one candidate), and loose files beside."""
+    """Class folders (top-level folders holding at least one candidate), and loose files beside."""
     beside = [(c.path, "file beside the class folders (not in a class)") for c in files
               if c.top is None]  # fmt: skip
     tops = sorted({c.top for c in files if c.top is not None})
     return tops, beside
+
+
+def _class_names(path: Path, folders: list[str]) -> list[str]:
+    """A class name per folder, as text: a folder name that is not UTF-8 (b"cl\\xffass") becomes
+    `cl\\xffass`, so checkpoints, ONNX metadata, JSON and plots carry valid text."""
+    names = [printable(f) for f in folders]
+    if len(set(names)) < len(names):
+        same = sorted({n for n in names if names.count(n) > 1})
+        raise BadInput(
+            f"Class folders in {path} give the same class name twice: {', '.join(same)} (one "
+            "folder name is not UTF-8 and reads like the other).",
+            hint="Rename one of the folders.",
+        )
+    return names
 
 
 def _from_folder(path: Path, strict: bool) -> ImageDataset:
@@ -166,16 +181,17 @@ def _from_folder(path: Path, strict: bool) -> ImageDataset:
     names = [c for c, ok in zip(found, is_image, strict=True) if ok]
     skipped += [(c.path, "not an image file (extension)") for c, ok in
                 zip(found, is_image, strict=True) if not ok]  # fmt: skip
-    class_names, beside = _classes(path, names)
+    folders, beside = _classes(path, names)
+    class_names = _class_names(path, folders)
     labeled = bool(class_names)
     if labeled:
-        _check_class_folders(path, class_names, skipped)
+        _check_class_folders(path, folders, skipped)
         skipped += beside
         names = [c for c in names if c.top is not None]
     heads, _stats = headers([c.path for c in names], path)
     good = [(c, h) for c, h in zip(names, heads, strict=True) if not h.bad]
     skipped += [(c.path, h.bad) for c, h in zip(names, heads, strict=True) if h.bad]
-    index = {n: k for k, n in enumerate(class_names)}
+    index = {n: k for k, n in enumerate(folders)}
     labels_arr = np.array([index[c.top] if labeled else -1 for c, _ in good], dtype=np.int64)
     _refuse(path, strict, skipped, len(good))
     if labeled:
@@ -188,7 +204,7 @@ def _from_folder(path: Path, strict: bool) -> ImageDataset:
     digest = hashlib.sha256()
     start = len(os.fspath(path).rstrip(os.sep)) + 1
     for (c, h), y in zip(good, labels_arr, strict=True):
-        digest.update(f"{_printable(c.path[start:])}|{h.size}|{h.mtime_ns}|{y}\n".encode())
+        digest.update(f"{printable(c.path[start:])}|{h.size}|{h.mtime_ns}|{y}\n".encode())
     files = PathList([c.path for c, _ in good])
     heads_ok = [h for _, h in good]
     mode = "RGB" if any(h.mode == "RGB" for h in heads_ok) else "L"
@@ -205,15 +221,6 @@ def _from_folder(path: Path, strict: bool) -> ImageDataset:
         strict=strict,
         _dims=(heads_ok[0].height, heads_ok[0].width),
     )
-
-
-def _printable(rel: str) -> str:
-    """A relative path as text, even when the file name is not valid UTF-8."""
-    try:
-        rel.encode("utf-8")
-        return rel
-    except UnicodeEncodeError:
-        return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 def _check_class_folders(path: Path, class_names: list[str], twice: list) -> None:

@@ -101,3 +101,23 @@ def spread(labels: np.ndarray, n: int) -> np.ndarray:
         q = min(int(q), len(idx))
         picked.append(idx[np.linspace(0, len(idx) - 1, q).round().astype(np.int64)])
     return np.sort(np.concatenate(picked))
+
+
+def held_out_missing(labels: np.ndarray, fractions: dict[str, float], need: int) -> str:
+    """Why a split the user asked for came out empty, in words to act on: its fraction(s) are 0,
+    or no class has the `need` images it takes to spare one (training keeps one per class).
+    `fractions` names the options that decide it, e.g. {"val": 0.1, "test": 0.1}."""
+    if not any(fractions.values()):
+        names = " and ".join(f"--{k}-fraction" for k in fractions)
+        return f"{names} {'is' if len(fractions) == 1 else 'are both'} 0"
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    largest = int(counts.max()) if len(counts) else 0
+    who = (
+        "every class has a single image"
+        if largest == 1
+        else (f"no class has more than {largest} images")
+    )
+    return (
+        f"{who} ({len(labels)} in all), and a class needs {need} images to spare one for "
+        "held-out scoring (training keeps at least one of each class)"
+    )

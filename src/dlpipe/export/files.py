@@ -26,6 +26,22 @@ def check_readable(path: str | Path) -> Path:
         raise BadInput(f"{path} is a folder, not an ONNX file.", hint="Pass the .onnx file itself.")
     if path.stat().st_size == 0:
         raise BadInput(f"{path} is empty (0 bytes).", hint="Re-export the model.")
+    return require_utf8(path)
+
+
+def require_utf8(path: Path) -> Path:
+    """onnx and onnxruntime take paths as UTF-8 text (C++ std::string): refuse a name that is not
+    UTF-8 with a clear message instead of their "incompatible function arguments"."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        from ..text import printable
+
+        raise BadInput(
+            f"{printable(str(path))}: onnx and onnxruntime cannot open a path whose name is not "
+            "valid UTF-8.",
+            hint="Rename the file or folder, or choose another place (e.g. --out exports/m.onnx).",
+        ) from None
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
+from ..console import json_safe
 from ..errors import BadInput
 from . import files, metadata
 from .spec import IOSpec, build_exportable, input_shape, io_spec, resolve_checkpoint
@@ -59,7 +60,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else default_out(ckpt_path, cfg)
     if out.suffix != ".onnx":
         raise BadInput(f"--out {out} must end in .onnx.", hint="e.g. --out exports/model.onnx")
-    files.refuse_overwrite(out, cfg.force)
+    files.refuse_overwrite(files.require_utf8(out), cfg.force)
     ckpt = load_checkpoint(ckpt_path)
     spec = io_spec(ckpt.meta, cfg.part, cfg.with_preprocess, cfg.softmax)
     model = build_exportable(ckpt, cfg.part, cfg.with_preprocess, cfg.softmax)
@@ -76,6 +77,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
         proto, precision = reduce_precision(proto, ckpt, spec, shape, cfg)
         meta["precision"] = precision
     meta["opset"] = opset_of(proto)  # the file's real opset, whatever was asked
+    meta = json_safe(meta)  # portable JSON for other runtimes: a non-UTF-8 path as `R\\xff`
     metadata.set_props(proto, meta)
     written = files.save_model(proto, out, cfg.external_data, check=files.full_check)
     sidecar = write_text(out.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True))

@@ -18,6 +18,7 @@ from typing import Any
 
 from .._version import __version__
 from ..atomic import write_text
+from ..console import json_safe
 from ..errors import EXIT_INTERNAL, BadInput, CheckFailed, DlpipeError
 from ..locks import lock
 from ..runs import RunDir
@@ -83,7 +84,8 @@ def invoke(stage: Stage, options: dict[str, Any], out: Any) -> dict[str, Any]:
     from ..stages import run_stage
 
     result = run_stage(stage.command, options, out, explicit=set(stage.options))
-    return json.loads(json.dumps(result, default=str))
+    # strict JSON for state.json and summary.json: NaN as null, as --json prints it
+    return json.loads(json.dumps(json_safe(result), default=str))
 
 
 def _outputs_exist(result: dict[str, Any] | None) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 from ..data import Preprocess, make_split, open_source
 from ..data.pixcache import load_pixels
 from ..data.rows import PixelRows
-from ..data.splits import subsample
+from ..data.splits import held_out_missing, subsample
 from ..distributed import current
 from ..models.dcgan import stages
 
@@ -77,16 +77,23 @@ def load_image_data(
     c = ds.channels
     pre = Preprocess(resize=size, crop=size, mean=[mean] * c, std=[std] * c, channels=c)
     split = make_split(ds.labels, val_fraction, test_fraction, seed, ds.official_test)
+    ctx = current()
+    if not len(split.test) and ctx.is_main:
+        why = held_out_missing(ds.labels, {"test": test_fraction}, need=2 + (val_fraction > 0))
+        out.warn(
+            f"no held-out images: {why}. The final scores on held-out images (PSNR/SSIM of ae "
+            "train, fd/kid of gan train) will be missing. Add images to the folder."
+        )
     train_idx = subsample(ds.labels, split.train, limit, seed)
     total = len(train_idx) + len(split.test) + len(split.val)
-    ctx = current()
     with out.progress("decoding images", total) as advance:
         train, train_idx = _pixels(ds, train_idx, pre, advance, ctx, out.warn)
-        nothing = np.zeros((0, c, size, size), dtype=np.uint8)
-        heldout = (
-            _pixels(ds, split.test, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
+        nothing = np.zeros((0, c, size, size), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+        main = ctx.is_main
+        heldout, test_idx = (
+            _pixels(ds, split.test, pre, advance, None, out.warn) if main else nothing
         )
-        val = _pixels(ds, split.val, pre, advance, None, out.warn)[0] if ctx.is_main else nothing
+        val = _pixels(ds, split.val, pre, advance, None, out.warn)[0] if main else nothing[0]
     meta = {
         "source": source,
         "data_root": data_root,
@@ -99,7 +106,7 @@ def load_image_data(
         "heldout_images": int(len(split.test)),
         "val_images": int(len(split.val)),
     }
-    labels = ds.labels[split.test]
+    labels = ds.labels[test_idx]  # of the images decoded: one that vanished has no row
     return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped, labels)
 
 

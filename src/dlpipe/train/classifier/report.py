@@ -49,10 +49,7 @@ def finish(s: Session) -> dict[str, Any]:
     curves = plot_curves(rows, {"loss": ["train_loss", "val_loss"],
                                 "accuracy": ["train_acc", "val_acc"]},
                          s.run.path / "curves.png")  # fmt: skip
-    title = f"{s.info['backbone']} on {s.cfg.data}: held-out {ho['split']} split"
-    cm_png = plot_confusion(ho["confusion"], s.data.ds.class_names, s.run.path / "confusion.png",
-                            title=title, accuracy=ho["acc"])  # fmt: skip
-    s.run.log_image("confusion", cm_png, s.epoch)
+    cm_png = _confusion_png(s, ho)
     metrics = {
         "held_out_acc": ho["acc"], "test_acc": ho["acc"], "test_loss": ho["loss"],
         "held_out_split": ho["split"], "held_out_size": ho["n"],
@@ -61,9 +58,10 @@ def finish(s: Session) -> dict[str, Any]:
         "processes": s.ctx.world_size, "amp": s.accel.amp if s.accel else "off",
         "per_class_acc": ho["per_class"], "seconds": round(time.perf_counter() - s.started, 2),
     }  # fmt: skip
-    metrics |= recipe_notes(s, rows)
+    metrics |= recipe_notes(s, rows) | _nothing_held_out(s, ho)
     last = rows[-1] if rows else {}
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+    measured = ("train_loss", "train_acc", "val_loss", "val_acc")
+    for key in measured if len(s.data.val) else measured[:2]:  # no val: epochs scored train
         if key in last:
             metrics[f"last_{key}"] = float(last[key])
     s.run.write_json("metrics.json", {**metrics, "confusion": ho["confusion"].tolist()})
@@ -73,11 +71,34 @@ def finish(s: Session) -> dict[str, Any]:
     artifacts = {
         "best": str(s.run.checkpoint("best")), "last": str(s.run.checkpoint("last")),
         "metrics_csv": str(s.run.metrics_path), "curves": str(curves),
-        "confusion": str(cm_png), "metrics_json": str(s.run.path / "metrics.json"),
+        **({"confusion": str(cm_png)} if cm_png else {}),
+        "metrics_json": str(s.run.path / "metrics.json"),
     }  # fmt: skip
     summary(s, metrics, artifacts)
     return {"run_dir": str(s.run.path), "artifacts": artifacts, "metrics": metrics,
             "backbone": s.info, "weights": s.weights}  # fmt: skip
+
+
+def _confusion_png(s: Session, ho: dict[str, Any]) -> Path | None:
+    """confusion.png of the held-out split; None when there was nothing held out to plot."""
+    if not ho["n"]:
+        return None
+    title = f"{s.info['backbone']} on {s.cfg.data}: held-out {ho['split']} split"
+    cm_png = plot_confusion(ho["confusion"], s.data.ds.class_names, s.run.path / "confusion.png",
+                            title=title, accuracy=ho["acc"])  # fmt: skip
+    s.run.log_image("confusion", cm_png, s.epoch)
+    return cm_png
+
+
+def _nothing_held_out(s: Session, ho: dict[str, Any]) -> dict[str, Any]:
+    """Without held-out images there is no held-out split, and the best "val" accuracy was
+    measured on the training images: null, with the reason (the run warned about it up front)."""
+    if ho["n"]:
+        return {}
+    notes: dict[str, Any] = {"held_out_split": None}
+    if not len(s.data.val):
+        notes["best_val_acc"] = None  # the epochs validated on the training images
+    return notes | {"held_out_note": f"no held-out images: {s.data.why_nothing_held_out(s.cfg)}"}
 
 
 def recipe_notes(s: Session, rows: list[dict[str, str]]) -> dict[str, Any]:
@@ -142,12 +163,17 @@ def summary(s: Session, metrics: dict[str, Any], artifacts: dict[str, str]) -> N
                        ("unfreeze", "unfreeze")):  # fmt: skip
         if key in metrics:
             t.add_row(label, str(metrics[key]))
-    t.add_row("best val acc", f"{metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']})")
-    t.add_row(f"held-out acc ({metrics['held_out_split']}, n={metrics['held_out_size']})",
-              f"[bold]{metrics['held_out_acc']:.4f}[/]")  # fmt: skip
+    if metrics["held_out_size"]:
+        t.add_row("best val acc", f"{metrics['best_val_acc']:.4f} (epoch {metrics['best_epoch']})")
+        t.add_row(f"held-out acc ({metrics['held_out_split']}, n={metrics['held_out_size']})",
+                  f"[bold]{metrics['held_out_acc']:.4f}[/]")  # fmt: skip
+    else:
+        t.add_row("held-out acc", "[bold]none[/]: no held-out images (see the warning above)")
     worst = sorted((v, k) for k, v in metrics["per_class_acc"].items() if v is not None)[:3]
-    t.add_row("weakest classes", ", ".join(f"{shown(k)} {v:.3f}" for v, k in worst))
+    if worst:
+        t.add_row("weakest classes", ", ".join(f"{shown(k)} {v:.3f}" for v, k in worst))
     s.out.print(t)
-    s.run.log(f"held-out acc {metrics['held_out_acc']:.4f}")
+    s.run.log(f"held-out acc {metrics['held_out_acc']:.4f}" if metrics["held_out_size"] else
+              metrics["held_out_note"])  # fmt: skip
     s.out.print(f"run folder: {s.run.path} (checkpoints/best|last.safetensors, "
                 f"{', '.join(Path(p).name for k, p in artifacts.items() if k not in ('best', 'last'))})")  # fmt: skip

@@ -22,7 +22,7 @@ from ...config import FinetuneConfig
 from ...data import Preprocess, make_split, open_source
 from ...data.pixcache import load_pixels
 from ...data.sources import ImageDataset
-from ...data.splits import subsample
+from ...data.splits import held_out_missing, subsample
 from ...distributed import DistContext, setup
 from ...errors import BadInput
 from ...models.backbones import (
@@ -61,6 +61,24 @@ class Data:
         pick = lambda idx, n: subsample(ds.labels, idx, n, cfg.seed)  # noqa: E731
         return cls(ds, pick(split.train, cfg.limit), pick(split.val, cfg.eval_limit),
                    pick(split.test, cfg.eval_limit))  # fmt: skip
+
+    def warn_if_nothing_held_out(self, cfg: FinetuneConfig, out: Any) -> None:
+        """Say up front, with the reason, that the run will have no held-out accuracy and that
+        its per-epoch "val" figures are measured on the training images."""
+        if len(self.val) or len(self.test):
+            return
+        out.warn(
+            f"no held-out images: {self.why_nothing_held_out(cfg)}. This run will report no held-out accuracy, and its "
+            "per-epoch 'val' figures are measured on the training images, so they say nothing "
+            "about new images. Add images (a few per class at least, tens for a score to trust), "
+            "or score the model on another labeled folder afterwards: "
+            "`dlpipe eval RUN --data OTHER_FOLDER`."
+        )
+
+    def why_nothing_held_out(self, cfg: FinetuneConfig) -> str:
+        """Why neither validation nor test got an image (2 images of a class spare one)."""
+        fractions = {"val": cfg.val_fraction, "test": cfg.test_fraction}
+        return held_out_missing(self.ds.labels, fractions, need=2)
 
 
 @dataclass
@@ -109,6 +127,7 @@ class Session:
         data = Data.open(cfg)
         if ctx.is_main:
             run.report_skipped(data.ds.skipped, out)
+            data.warn_if_nothing_held_out(cfg, out)
             if cfg.freeze and not cfg.pretrained and cfg.unfreeze_after is None:
                 out.warn(
                     "--freeze with --weights none freezes a randomly initialised backbone: only "
@@ -135,6 +154,7 @@ class Session:
             wdesc = weights.describe() if weights else {"spec": cfg.weights, "source": "none"}
         info["in_chans"] = in_chans
         s = cls(cfg, run, out, data, model.to(device), info, pre, wdesc, device, ctx, accel)
+        s._skips_reported = len(data.ds.skipped)  # reported above, when the folder was read
         s.stage = "frozen" if s.frozen_at(0) else "unfrozen"
         s._check_input_size()
         s._setup_optimizer()
@@ -279,9 +299,10 @@ class Session:
         return self._pixels[split]
 
     def _report_late_skips(self) -> None:
-        """Images found undecodable while decoding join skipped.txt (rank 0 writes it)."""
+        """Images found undecodable while decoding (corrupt, or vanished or changed since the
+        folder was read) join skipped.txt and are named on screen (rank 0 does both)."""
         if self.ctx.is_main and len(self.data.ds.skipped) > self._skips_reported:
-            self.run.report_skipped(self.data.ds.skipped)
+            self.run.report_skipped(self.data.ds.skipped, self.out, since=self._skips_reported)
             self._skips_reported = len(self.data.ds.skipped)
 
     def source(
