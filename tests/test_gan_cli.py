@@ -130,6 +130,25 @@ def test_resume_continues_from_saved_step(tmp_path):
         torch.testing.assert_close(resumed.weights["g_train"][k], v)
 
 
+def test_resume_keeps_the_channels_of_a_run_begun_under_an_older_size_rule(tmp_path):
+    """A config.yaml that leaves ngf/ndf to the default (None) resumes with the checkpoint's
+    shapes, not with whatever today's size rule would pick."""
+    import yaml
+
+    data = _blob_folder(tmp_path / "blobs")
+    common = ["--data", str(data), "--fd-every", "0", "--nz", "8", "--batch-size", "8"]
+    assert _train(tmp_path, *common, "--ngf", "4", "--ndf", "6", "--epochs", "1", "--name", "old",
+                  "--quiet").exit_code == 0  # fmt: skip
+    config = tmp_path / "runs/gan/old/config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump(saved | {"ngf": None, "ndf": None}))  # as an old default run
+    res = _train(tmp_path, "--resume", "--name", "old", "--epochs", "2", "--quiet")
+    assert res.exit_code == 0, res.output
+    ck = load_checkpoint(tmp_path / "runs/gan/old/checkpoints/last.safetensors")
+    assert ck.state["epoch"] == 2 and (ck.meta["arch"]["ngf"], ck.meta["arch"]["ndf"]) == (4, 6)
+    assert ck.weights["discriminator"]["main.0.weight"].shape[0] == 6
+
+
 def test_nan_stops_naming_epoch_and_step_and_keeps_checkpoint(tiny_run, tmp_path):
     shutil.copytree(tiny_run / "runs", tmp_path / "runs")
     path = tmp_path / "runs/gan/tiny/checkpoints/last.safetensors"

@@ -55,17 +55,17 @@ def train(
     nz: Annotated[int, typer.Option("--nz", min=1, max=4096, help="Latent size.")] = 100,
     ngf: Annotated[
         int | None,
-        typer.Option("--ngf", min=1, max=1024, help="G base channels [default: 32 (<=32 px), 64]."),
-    ] = None,
+        typer.Option("--ngf", min=1, max=1024, help="G base channels (32-128)."),
+    ] = 64,
     ndf: Annotated[
         int | None,
         typer.Option("--ndf", min=1, max=1024, help="D base channels [default: like --ngf]."),
     ] = None,
     epochs: EpochsOpt = 20,
-    batch_size: BatchSizeOpt = 64,
+    batch_size: BatchSizeOpt = 32,
     lr: Annotated[
         float, typer.Option("--lr", min=0.0, help="Adam learning rate (G and D).")
-    ] = 2e-4,
+    ] = 4e-4,
     beta1: Annotated[float, typer.Option("--beta1", min=0.0, max=0.999, help="Adam beta1.")] = 0.5,
     label_smoothing: Annotated[
         float,
@@ -75,7 +75,7 @@ def train(
     ] = 0.9,
     ema: Annotated[
         bool, typer.Option("--ema/--no-ema", help="Export an exponential-moving-average generator.")
-    ] = False,
+    ] = True,
     ema_decay: Annotated[
         float, typer.Option("--ema-decay", min=0.0, max=1.0, help="EMA decay per step.")
     ] = 0.999,

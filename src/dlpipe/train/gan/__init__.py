@@ -28,6 +28,8 @@ def train_gan(
     cfg.check()  # every range, also for a config built by hand
     out = out or quiet()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+    if resume:
+        cfg = _saved_channels(cfg, run)
     ctx, device, accel, data = open_image_run(cfg, 0.5, 0.5, out)
     state = GanState.create(cfg, data, device, ctx, accel)
     if resume:
@@ -42,6 +44,20 @@ def train_gan(
     started = time.perf_counter()
     run_epochs(state, data, run, out)
     return on_main(lambda: final_outputs(state, data, run, out, time.perf_counter() - started), ctx)
+
+
+def _saved_channels(cfg: GanConfig, run: RunDir) -> GanConfig:
+    """On --resume, the checkpoint's ngf/ndf where the config leaves them unset (None): a run begun
+    when None meant "32 up to 32 px" keeps the shapes its weights have under today's default."""
+    import dataclasses
+
+    from ...checkpoint import read_meta
+
+    if cfg.ngf is not None and cfg.ndf is not None:
+        return cfg
+    arch = read_meta(run.checkpoint("last")).get("arch") or {}
+    ngf, ndf = cfg.ngf or arch.get("ngf"), cfg.ndf or arch.get("ndf")
+    return dataclasses.replace(cfg, ngf=ngf and int(ngf), ndf=ndf and int(ndf))
 
 
 # Generator updates before DCGAN samples stop being grey noise: ~700 on mnist5k at 28 px (digits
