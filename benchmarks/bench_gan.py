@@ -96,6 +96,7 @@ def throughput(rounds: int, steps: int, batch: int) -> dict:
     from dlpipe.runs import RunDir
     from dlpipe.train.gan.loop import GanState, _evaluate, run_epoch
     from dlpipe.train.images import load_image_data
+    from dlpipe.train.interrupt import StopFlag
 
     cfg = GanConfig(data="mnist5k", batch_size=batch, ema=True, fd_every=0)
     data = load_image_data("mnist5k", None, False, None, 0.0, 0.1, 0, None, 0.5, 0.5, Quiet())
@@ -114,7 +115,7 @@ def throughput(rounds: int, steps: int, batch: int) -> dict:
     for r in range(rounds + 1):  # round 0 warms both up and is not counted
         a = reference_round(ref_g, ref_d, opt_g, opt_d, loader, cfg.nz, steps)
         t0 = time.perf_counter()
-        run_epoch(state, subset, 1, Quiet(), lambda n, info: None)
+        run_epoch(state, subset, 1, Quiet(), lambda n, info: None, StopFlag())
         b = len(subset) / (time.perf_counter() - t0)
         t1 = time.perf_counter()
         _evaluate(state, data, tmp, 1)

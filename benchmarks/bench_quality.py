@@ -9,11 +9,19 @@ Same data, same split, same budget, in one run, on mnist5k, fashion-mnist and di
                             features computed here, scikit-learn LogisticRegression on standardised
                             features, C chosen on the validation split
   staged unfreeze           dlpipe `finetune --unfreeze-after K` defaults vs the frozen head above
+  DCGAN                     dlpipe `gan train` defaults  vs  the pytorch/examples dcgan loop written
+                            here (G nz-256-128-C at 28 px, D C-64-128-1, BCE, real label 0.9, Adam
+                            2e-4 / 0.5, batch 64, no EMA) given the same process CPU seconds:
+                            dlpipe's run is resumed in pieces and the hand loop catches up after
+                            each, so both see the same machine load; scored by dlpipe's
+                            fd_mobilenet_v2 / KID on the same held-out images
 The hand baselines import from dlpipe only the split (so the rows are the same) and the scoring.
 
     .venv/bin/python benchmarks/bench_quality.py [--sets mnist5k,fashion-mnist,digits]
-        [--ae-epochs 6] [--ae-limit 1500] [--limit 1500] [--eval-limit 500] [--epochs 8]
-Writes benchmarks/results/quality.md and quality.json. Run it alone: on a shared 2-core machine
+        [--only ae,finetune,gan] [--ae-epochs 6] [--ae-limit 1500] [--limit 1500]
+        [--eval-limit 500] [--epochs 8] [--gan-limit 5000] [--gan-chunks 4]
+Writes benchmarks/results/quality.md and quality.json; `--only` reruns some parts and keeps the
+other parts' rows (and the text under the table). Run it alone: on a shared 2-core machine
 other processes make torch several times slower (wall times then mean little; ratios less).
 """
 
@@ -172,6 +180,148 @@ def hand_probe(data: str, image_size: int, limit: int, eval_limit: int) -> dict:
             "C": clf.C, "wall_s": time.perf_counter() - t0}  # fmt: skip
 
 
+# ---- DCGAN ---------------------------------------------------------------------------------------
+def hand_dcgan(nz: int, c: int, side: int, ngf: int = 64, ndf: int = 64) -> tuple[Any, Any]:
+    """pytorch/examples dcgan/main.py's G and D cut to the data's side: G nz-256-128-C at 28 px
+    (ngf * 4, ngf * 2), D C-64-128-1 with a Sigmoid, BatchNorm but not at D's input,
+    N(0, 0.02) init."""
+    from torch import nn
+
+    base, k = side, 0
+    while base % 2 == 0 and base > 7:
+        base, k = base // 2, k + 1
+    gch = [ngf * 2 ** (k - i) for i in range(k)]
+    g: list[nn.Module] = [nn.ConvTranspose2d(nz, gch[0], base, 1, 0, bias=False),
+                          nn.BatchNorm2d(gch[0]), nn.ReLU(True)]  # fmt: skip
+    for i, o in zip(gch, gch[1:], strict=False):
+        g += [nn.ConvTranspose2d(i, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(True)]
+    g += [nn.ConvTranspose2d(gch[-1], c, 4, 2, 1, bias=False), nn.Tanh()]
+    dch = [ndf * 2**i for i in range(k)]
+    d: list[nn.Module] = [nn.Conv2d(c, dch[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+    for i, o in zip(dch, dch[1:], strict=False):
+        d += [nn.Conv2d(i, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.LeakyReLU(0.2, True)]
+    d += [nn.Conv2d(dch[-1], 1, base, 1, 0, bias=False), nn.Sigmoid()]
+    net_g, net_d = nn.Sequential(*g), nn.Sequential(*d)
+    for m in [*net_g.modules(), *net_d.modules()]:
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+    return net_g, net_d
+
+
+def hand_gan_steps(train: Any, nz: int, real_label: float) -> Any:
+    """The pytorch/examples training loop as a generator of steps (BCE, Adam 2e-4 / 0.5, batch
+    64, a DataLoader over normalised floats); yields G after each step, forever."""
+    import torch
+
+    torch.manual_seed(SEED)
+    net_g, net_d = hand_dcgan(nz, train.shape[1], train.shape[2])
+    crit = torch.nn.BCELoss()
+    opt_d = torch.optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(net_g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    floats = torch.from_numpy(train).float() / 127.5 - 1.0
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(floats), batch_size=64, shuffle=True, drop_last=True
+    )
+    while True:
+        for (real,) in loader:
+            b = real.size(0)
+            net_d.zero_grad()
+            err_real = crit(net_d(real).view(-1), torch.full((b,), real_label))
+            err_real.backward()
+            fake = net_g(torch.randn(b, nz, 1, 1))
+            err_fake = crit(net_d(fake.detach()).view(-1), torch.zeros(b))
+            err_fake.backward()
+            opt_d.step()
+            net_g.zero_grad()
+            err_g = crit(net_d(fake).view(-1), torch.ones(b))
+            err_g.backward()
+            opt_g.step()
+            yield net_g
+
+
+def gan_split(data: str, a: argparse.Namespace) -> Any:
+    """The config of the dlpipe run and the same data it trains on (same split call)."""
+    import dataclasses
+
+    from dlpipe.config import GanConfig
+    from dlpipe.console import quiet
+    from dlpipe.train.images import load_image_data
+
+    cfg = GanConfig(data=data, seed=SEED, device="cpu", fd_every=0, limit=a.gan_limit,
+                    test_fraction=a.gan_test_fraction)  # fmt: skip
+    if a.gan_epochs:  # a shorter check of the benchmark itself; the table wants the default
+        cfg = dataclasses.replace(cfg, epochs=a.gan_epochs)
+    d = load_image_data(data, None, False, None, cfg.val_fraction, cfg.test_fraction, SEED,
+                        cfg.limit, 0.5, 0.5, quiet())  # fmt: skip
+    return cfg, d
+
+
+def clocks() -> tuple[float, float]:
+    """(process CPU seconds, wall seconds) now."""
+    return time.process_time(), time.perf_counter()
+
+
+def gan_pair(data: str, a: argparse.Namespace, runs: Path) -> tuple[dict, dict]:
+    """dlpipe `gan train` defaults vs the hand loop at equal CPU time: dlpipe's run goes in
+    `gan_chunks` resumed pieces; after each, the hand loop trains until its CPU seconds catch up,
+    so both see the same machine load. Both are scored by the same meter on the same images."""
+    import dataclasses
+
+    from dlpipe.train.gan import train_gan
+    from dlpipe.train.gan.evaluate import QualityMeter
+
+    cfg, d = gan_split(data, a)
+    run, steps = runs / f"gan-{data}", hand_gan_steps(d.train, cfg.nz, a.gan_real_label)
+    used = {"dlpipe": [0.0, 0.0], "hand": [0.0, 0.0], "hand_steps": 0}
+    ends = sorted({round(cfg.epochs * (i + 1) / a.gan_chunks) for i in range(a.gan_chunks)})
+    for i, end in enumerate(ends):
+        (c0, w0) = clocks()
+        result = train_gan(dataclasses.replace(cfg, epochs=end), run, resume=i > 0)
+        (c1, w1) = clocks()
+        used["dlpipe"] = [used["dlpipe"][0] + c1 - c0, used["dlpipe"][1] + w1 - w0]
+        while used["hand"][0] < used["dlpipe"][0]:
+            net_g = next(steps)
+            (c2, w2) = clocks()
+            used["hand"] = [used["hand"][0] + c2 - c1, used["hand"][1] + w2 - w1]
+            used["hand_steps"] += 1
+            (c1, w1) = (c2, w2)
+    meter = QualityMeter(d.train, d.heldout, a.gan_fd_images, cfg.fd_image_size)
+    ours = _score(meter, _exported_generator(result), cfg.nz)
+    theirs = _score(meter, lambda z: net_g.train()(z.view(len(z), -1, 1, 1)), cfg.nz)
+    epochs = used["hand_steps"] / (len(d.train) // 64)
+    common = {"images": f"{len(d.train)} train / {meter.n} held-out", "px": d.image_size}
+    return (
+        {**ours, **common, "cpu_s": used["dlpipe"][0], "wall_s": used["dlpipe"][1],
+         "budget": f"{cfg.epochs} epochs", "arch": result["arch"]},
+        {**theirs, **common, "cpu_s": used["hand"][0], "wall_s": used["hand"][1],
+         "budget": f"{epochs:.1f} epochs in the same CPU time"},
+    )  # fmt: skip
+
+
+def _exported_generator(result: dict) -> Any:
+    """The generator dlpipe exports (eval mode, BatchNorm checked) from the run's checkpoint."""
+    from dlpipe.checkpoint import load_checkpoint
+    from dlpipe.models.dcgan import build_from_meta
+
+    ck = load_checkpoint(result["artifacts"]["checkpoint"])
+    g = build_from_meta(ck.meta)
+    g.load_state_dict(ck.weights[ck.meta["export_group"]])
+    result["arch"] = ck.meta["arch"]
+    return g.eval()
+
+
+def _score(meter: Any, g: Any, nz: int) -> dict:
+    """fd/kid of the generator's samples against the held-out images, with the floor."""
+    from dlpipe.train.gan.evaluate import FD_KEY, KID_KEY
+
+    m = meter.measure(g, nz, "cpu")
+    return {"value": m[FD_KEY], "kid": m[KID_KEY], "floor": m[FD_KEY + "_floor"],
+            "kid_floor": m[KID_KEY + "_floor"]}  # fmt: skip
+
+
 # ---- the run ------------------------------------------------------------------------------------
 def run_set(data: str, a: argparse.Namespace, runs: Path) -> list[dict]:
     """Every row of one data set."""
@@ -183,10 +333,27 @@ def run_set(data: str, a: argparse.Namespace, runs: Path) -> list[dict]:
         print(f"{data:14s} {task:10s} {method:38s} {metric} {res['value']:.4f} "
               f"({res['wall_s']:.0f} s)", flush=True)  # fmt: skip
 
+    if "gan" in a.only:
+        ours, theirs = gan_pair(data, a, runs)
+        add("dcgan", "dlpipe gan train (defaults)", "fd_mobilenet_v2", ours)
+        add("dcgan", "hand pytorch/examples DCGAN loop", "fd_mobilenet_v2", theirs)
+    if "ae" in a.only:
+        _ae_rows(data, a, runs, val_fraction, add)
+    if "finetune" in a.only:
+        _finetune_rows(data, a, runs, add)
+    return rows
+
+
+def _ae_rows(data: str, a: argparse.Namespace, runs: Path, val_fraction: float, add: Any) -> None:
+    """The denoising rows of one data set."""
     ae = (a.ae_epochs, a.ae_limit, val_fraction)
     add("denoise", "dlpipe ae train --noise (defaults)", "PSNR gain dB",
         dlpipe_denoiser(data, *ae, runs))  # fmt: skip
     add("denoise", "hand 2-level U-Net", "PSNR gain dB", hand_denoiser(data, *ae))
+
+
+def _finetune_rows(data: str, a: argparse.Namespace, runs: Path, add: Any) -> None:
+    """The frozen-head and staged-unfreeze rows of one data set."""
     ft = {"backbone": "mobilenet_v2", "image_size": a.image_size, "limit": a.limit,
           "eval_limit": a.eval_limit, "epochs": a.epochs}  # fmt: skip
     add("frozen", "dlpipe finetune (defaults: head fit)", "held-out acc",
@@ -200,7 +367,6 @@ def run_set(data: str, a: argparse.Namespace, runs: Path) -> list[dict]:
                   "unfreeze_after": a.unfreeze_after}  # fmt: skip
         add("staged", f"dlpipe finetune --unfreeze-after {a.unfreeze_after}", "held-out acc",
             dlpipe_finetune(data, runs, "staged", **staged))  # fmt: skip
-    return rows
 
 
 def machine() -> str:
@@ -213,32 +379,91 @@ def machine() -> str:
             f"{load:.1f}")  # fmt: skip
 
 
+PARTS = ("ae", "finetune", "gan")
+TASKS = {"finetune": ("frozen", "staged"), "ae": ("denoise",), "gan": ("dcgan",)}
+
+
+def budget(part: str, a: dict) -> str:
+    """One line: what each method of a part was given."""
+    if part == "ae":
+        return (f"denoising {a['ae_epochs']} epochs on {a['ae_limit']} training images "
+                "(gaussian 0.3)")  # fmt: skip
+    if part == "finetune":
+        return (f"classification mobilenet_v2 at {a['image_size']} px on {a['limit']} training "
+                f"images, {a['eval_limit']} validation / held-out, {a['epochs']} epochs; staged: "
+                f"{a['unfreeze_after']} frozen + {a['unfrozen_epochs']} unfrozen epochs")  # fmt: skip
+    return (f"DCGAN: dlpipe `gan train` with its defaults (--fd-every 0: the benchmark scores "
+            f"both), run in {a['gan_chunks']} resumed pieces; after each piece the hand loop "
+            f"trains until its process CPU seconds reach dlpipe's (torch threads: {a['threads']}), "
+            f"so both see the same machine load; training images capped at {a['gan_limit']}, "
+            f"test fraction {a['gan_test_fraction']}; both scored by dlpipe's fd_mobilenet_v2 / "
+            f"KID on the same {a['gan_fd_images']} (at most) held-out images, the hand G "
+            "sampled in train mode as pytorch/examples does")  # fmt: skip
+
+
+def _previous(results: Path) -> dict:
+    """quality.json of earlier runs as {"parts": {part: header}, "rows": [...]}."""
+    path = results / "quality.json"
+    old = json.loads(path.read_text()) if path.exists() else {"parts": {}, "rows": []}
+    if "parts" not in old:  # the format before per-part headers: one run of ae + finetune
+        head = {k: old[k] for k in ("args", "machine", "minutes", "command") if k in old}
+        old = {"parts": {"ae": head, "finetune": head}, "rows": old["rows"]}
+    return old
+
+
+def merge(rows: list[dict], a: argparse.Namespace, where: str, seconds: float) -> dict:
+    """The results of this run in place of the same parts of earlier runs; the others kept."""
+    old = _previous(Path(a.results))
+    parts = dict(old["parts"])
+    command = f"python benchmarks/bench_quality.py {' '.join(sys.argv[1:])}".strip()
+    for part in a.only:
+        parts[part] = {"args": vars(a), "machine": where, "minutes": seconds / 60,
+                       "command": command}  # fmt: skip
+    redone = {(r["data"], r["task"]) for r in rows}
+    kept = [r for r in old["rows"] if (r["data"], r["task"]) not in redone]
+    sets = list(dict.fromkeys([r["data"] for r in kept + rows]))
+    order = [t for p in PARTS for t in TASKS[p]]
+    merged = sorted(kept + rows, key=lambda r: (sets.index(r["data"]), order.index(r["task"])))
+    return {"parts": parts, "rows": merged}
+
+
+def _notes(r: dict) -> str:
+    if "C" in r:
+        return f"C {r['C']} chosen on val"
+    if r["task"] == "dcgan":
+        extra = f"; arch {r['arch']}" if "arch" in r else ""
+        return (f"{r['budget']}; floor {r['floor']:.1f}; KID {r['kid']:.3f} (floor "
+                f"{r['kid_floor']:.3f}); {r['images']} images at {r['px']} px{extra}")  # fmt: skip
+    return "; ".join(str(r[k]) for k in ("arch", "head_fit", "unfreeze") if k in r)
+
+
 def write(rows: list[dict], a: argparse.Namespace, where: str, seconds: float) -> None:
-    """quality.md (one table) and quality.json."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps({"args": vars(a), "machine": where,
-                                                      "rows": rows}, indent=1, default=str))  # fmt: skip
-    lines = [
-        "# Quality: dlpipe defaults vs hand-written baselines",
-        "",
-        f"`python benchmarks/bench_quality.py {' '.join(sys.argv[1:])}` - {seconds / 60:.1f} min.",
-        f"Machine: {where}.",
-        "",
-        f"Budget: denoising {a.ae_epochs} epochs on {a.ae_limit} training images (gaussian 0.3); "
-        f"classification mobilenet_v2 at {a.image_size} px on {a.limit} training images, "
-        f"{a.eval_limit} validation / held-out, {a.epochs} epochs; staged: "
-        f"{a.unfreeze_after} frozen + {a.unfrozen_epochs} unfrozen epochs. Same split per set.",
-        "",
-        "| data | task | method | metric | value | wall s | notes |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+    """quality.md (one table; the text under it is kept) and quality.json, merged with the
+    parts of earlier runs that this run did not redo."""
+    results = Path(a.results)
+    results.mkdir(parents=True, exist_ok=True)
+    report = merge(rows, a, where, seconds)
+    (results / "quality.json").write_text(json.dumps(report, indent=1, default=str))
+    lines = ["# Quality: dlpipe defaults vs hand-written baselines", ""]
+    for part in PARTS:
+        head = report["parts"].get(part)
+        if head:
+            minutes = f" - {head['minutes']:.1f} min" if "minutes" in head else ""
+            lines += [f"**{part}**: `{head.get('command', 'python benchmarks/bench_quality.py')}`"
+                      f"{minutes}. Machine: {head['machine']}. Budget: "
+                      f"{budget(part, head['args'])}.", ""]  # fmt: skip
+    lines += [
+        "| data | task | method | metric | value | wall s | CPU s | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
-        notes = "; ".join(str(r[k]) for k in ("arch", "head_fit", "unfreeze", "C") if k in r)
-        if "C" in r:
-            notes = f"C {r['C']} chosen on val"
+    for r in report["rows"]:
+        cpu = f"{r['cpu_s']:.0f}" if "cpu_s" in r else "-"
         lines.append(f"| {r['data']} | {r['task']} | {r['method']} | {r['metric']} | "
-                     f"{r['value']:.4f} | {r['wall_s']:.0f} | {notes} |")  # fmt: skip
-    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+                     f"{r['value']:.4f} | {r['wall_s']:.0f} | {cpu} | {_notes(r)} |")  # fmt: skip
+    md = results / "quality.md"
+    old = md.read_text().splitlines() if md.exists() else []
+    last = max((i for i, line in enumerate(old) if line.startswith("|")), default=len(old))
+    md.write_text("\n".join(lines + old[last + 1 :]) + "\n")
 
 
 def main() -> None:
@@ -253,13 +478,28 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--unfreeze-after", type=int, default=3)
     p.add_argument("--unfrozen-epochs", type=int, default=2, help="0: no staged run")
+    p.add_argument("--only", default=",".join(PARTS), help="parts to run: finetune,ae,gan")
+    p.add_argument("--gan-epochs", type=int, help="dlpipe's epochs [default: its default]")
+    p.add_argument("--gan-limit", type=int, default=5000, help="training images at most")
+    p.add_argument("--gan-test-fraction", type=float, default=0.2, help="1,000 mnist5k digits")
+    p.add_argument("--gan-fd-images", type=int, default=1000)
+    p.add_argument("--gan-chunks", type=int, default=4, help="dlpipe run in this many pieces")
+    p.add_argument("--gan-real-label", type=float, default=0.9, help="hand loop's real target")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--results", default=str(RESULTS), help="where quality.md/json are merged")
     a = p.parse_args()
+    a.only = [x for x in a.only.split(",") if x]
+    if set(a.only) - set(PARTS):
+        p.error(f"--only takes {', '.join(PARTS)}")
+    import torch
+
+    torch.set_num_threads(a.threads)
     where, t0 = machine(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DLPIPE_CACHE_DIR"] = str(Path(tmp) / "cache")  # features computed afresh
         rows = [r for data in a.sets.split(",") for r in run_set(data, a, Path(tmp) / "runs")]
     write(rows, a, where, time.perf_counter() - t0)
-    print(f"wrote {RESULTS / 'quality.md'}")
+    print(f"wrote {Path(a.results) / 'quality.md'}")
 
 
 if __name__ == "__main__":
