@@ -105,8 +105,6 @@ def _compare_runner(
     """Names, shapes at each batch size, values and task agreement for one runtime/provider.
     `refs` keeps PyTorch's outputs per (device, set, batch size, batch): every runtime is compared
     with the same reference, computed once."""
-    import torch
-
     tag = runner.tag
     want = (meta["input"]["name"], meta["output"]["name"])
     have = (runner.input_name, runner.output_name)
@@ -132,14 +130,8 @@ def _compare_runner(
                 except Exception as exc:  # a runtime that loads a file but cannot run it
                     rows.append(_run_failed(tag, s.name, bs, exc))
                     return rows
-                key = (str(runner.device), s.name, bs, i)
-                ref = (refs or {}).get(key)
-                if ref is None:
-                    with torch.no_grad():
-                        x = torch.from_numpy(xb).to(runner.device)
-                        ref = torch_model(x).float().cpu().numpy()
-                    if refs is not None:
-                        refs[key] = ref
+                ref = _reference_output(torch_model, runner.device, xb,
+                                        (str(runner.device), s.name, bs, i), refs)  # fmt: skip
                 if got.shape != ref.shape:
                     shapes_ok, shape_note = False, f"onnx {got.shape} vs torch {ref.shape}"
                     break
@@ -162,6 +154,21 @@ def _compare_runner(
             f"{tag} {s.name}", got_cat, ref_cat, tol, meta["output"]["kind"], labels
         )
     return rows
+
+
+def _reference_output(
+    torch_model: Any, device: Any, xb: np.ndarray, key: tuple, refs: dict[tuple, np.ndarray] | None
+) -> np.ndarray:
+    """PyTorch's output for batch `xb` on `device`, computed once per `key` when `refs` is kept."""
+    ref = (refs or {}).get(key)
+    if ref is None:
+        import torch
+
+        with torch.no_grad():
+            ref = torch_model(torch.from_numpy(xb).to(device)).float().cpu().numpy()
+        if refs is not None:
+            refs[key] = ref
+    return ref
 
 
 def _run_failed(tag: str, set_name: str, bs: int, exc: Exception) -> dict[str, Any]:
