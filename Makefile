@@ -24,7 +24,7 @@ demo: install
 	$(VENV)/bin/dlpipe run pipelines/quickstart.yaml
 
 # Each script measures dlpipe against a baseline side by side and writes benchmarks/results/.
-# Together they take a few hours on 2 cores (bench_quality about 1 h); the soak test (benchmarks/soak.py) is separate.
+# Together they take a few hours on 2 cores (bench_quality about 2 h); the soak test (benchmarks/soak.py) is separate.
 bench: install
 	$(PY) benchmarks/bench_onnx_cpu.py
 	$(PY) benchmarks/bench_finetune.py
@@ -32,7 +32,8 @@ bench: install
 	$(PY) benchmarks/bench_ae.py --quickstart
 	$(PY) benchmarks/bench_scaleout.py
 	$(PY) benchmarks/bench_quality.py
-	$(PY) benchmarks/bench_data.py --n 20000 --size 192
+	$(PY) benchmarks/bench_data.py --n 20000 --size 192 --open-n 100000
+	$(PY) benchmarks/bench_plan.py --stages 1000,10000
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
