@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +59,20 @@ def image_folder(tmp_path: Path) -> Path:
             arr[:, :, c] += 150
             Image.fromarray(arr).save(root / name / f"{i}.png")
     return root
+
+
+@contextmanager
+def lock_held_elsewhere(folder: str) -> Iterator[int]:
+    """Another live process holds dlpipe's lock on `folder` (relative paths: the test's folder) for
+    the block; yields its PID. It is killed after, which leaves its lock stale."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from dlpipe.locks import lock; "
+         f"lock({folder!r}); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

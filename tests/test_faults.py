@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from dlpipe.cli.common import command
 from dlpipe.errors import EXIT_INTERNAL
 
+from .conftest import lock_held_elsewhere
+
 
 def _app(fn) -> typer.Typer:  # noqa: ANN001 - a command function
     app = typer.Typer(pretty_exceptions_enable=False)
@@ -102,19 +104,10 @@ def test_a_run_folder_has_one_writer_at_a_time(tmp_path) -> None:
     from dlpipe.locks import LOCK_NAME, lock, mark, release_since
 
     folder = tmp_path / "runs" / "ae" / "x"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from dlpipe.locks import lock; "
-         "lock(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(folder)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(str(folder)) as pid:
         with pytest.raises(BadInput) as err:
             lock(folder)
-        assert f"in use by process {holder.pid}" in err.value.paragraph()
-    finally:
-        holder.kill()
-        holder.wait()
+        assert f"in use by process {pid}" in err.value.paragraph()
     # the holder died without cleaning up: its lock file is stale and is taken over
     assert (folder / LOCK_NAME).exists()
     here = mark()
@@ -126,23 +119,12 @@ def test_a_run_folder_has_one_writer_at_a_time(tmp_path) -> None:
 
 def test_two_runs_with_one_name_do_not_interleave(cli, tmp_path) -> None:
     """A second `--exist-ok` run of a folder in use is refused (exit 2) and writes nothing there."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from dlpipe.locks import lock; "
-         "lock('runs/ae/x'); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere("runs/ae/x") as pid:
         res = cli("ae", "train", "--data", "digits", "--name", "x", "--exist-ok", "--epochs", "1",
                   "--limit", "32", "--device", "cpu", "-q")  # fmt: skip
         assert res.exit_code == 2
-        assert f"Run folder runs/ae/x is in use by process {holder.pid}" in " ".join(
-            res.stderr.split()
-        )
+        assert f"Run folder runs/ae/x is in use by process {pid}" in " ".join(res.stderr.split())
         assert sorted(p.name for p in Path("runs/ae/x").iterdir()) == [".lock", "checkpoints"]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_exist_ok_restarts_metrics_instead_of_appending(cli) -> None:

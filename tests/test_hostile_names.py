@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import parse_json
+from .conftest import lock_held_elsewhere, parse_json
 
 STAGE = """\
 stages:
@@ -97,24 +97,12 @@ def test_junk_or_truncated_state_is_refused_not_treated_as_empty(cli, junk) -> N
 
 
 def test_one_pipeline_runs_once_at_a_time(cli) -> None:
-    import subprocess
-    import sys
-
     Path("p.yaml").write_text(f"name: p\n{STAGE}")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from dlpipe.locks import lock; "
-         "lock('runs/pipelines/p'); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere("runs/pipelines/p") as pid:
         res = cli("run", "p.yaml")
         assert res.exit_code == 2
-        _said(res, f"Pipeline state folder runs/pipelines/p is in use by process {holder.pid}")
+        _said(res, f"Pipeline state folder runs/pipelines/p is in use by process {pid}")
         assert not Path("out").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert cli("run", "p.yaml").exit_code == 0  # the dead holder's lock is stale: taken over
 
 

@@ -31,29 +31,17 @@ import numpy as np
 
 from ..atomic import write_text
 from .arrays import Tally, build_workers, check_size, decoded_batches
-from .index import cache_root
 from .preprocess import Preprocess
+from .rowfile import blank, cache_dir, pixel_key, sweep
 from .sources import ImageDataset
 
 FORMAT = "dlpipe-pixels/1"
 _CHUNK = 16 << 20
-# What decides the uint8 pixels (normalisation happens per batch, so mean/std are not part of it:
-# gan and ae runs on the same data share one file).
-_PIXEL_FIELDS = ("resize", "crop", "interpolation", "channels", "channel_order", "layout")
-
-
-def cache_dir() -> Path:
-    """Where decoded pixels go: $DLPIPE_CACHE_DIR/pixels or ~/.cache/dlpipe/pixels."""
-    return cache_root() / "pixels"
 
 
 def cache_key(ds: ImageDataset, indices: np.ndarray, preprocess: Preprocess) -> str:
-    """Everything the pixels depend on: the data fingerprint (paths, sizes, mtimes, labels of the
-    index), the resize/crop part of the preprocessing, the native mode and which rows."""
-    rows = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
-    pixels = {k: v for k, v in preprocess.to_dict().items() if k in _PIXEL_FIELDS}
-    blob = json.dumps([FORMAT, ds.fingerprint, pixels, ds.mode, rows], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    """Everything the pixels depend on (rowfile.pixel_key), in this cache's format."""
+    return pixel_key(FORMAT, ds, indices, preprocess)
 
 
 def usable(ds: ImageDataset, preprocess: Preprocess) -> bool:
@@ -175,44 +163,6 @@ def _commit(key: str, tmp: Path, shape: tuple[int, ...], bad: list[list]) -> Non
     write_text(meta_path, json.dumps(meta))
 
 
-def _blank(path: Path, nbytes: int) -> None:
-    """A file of `nbytes` with its blocks reserved: a full disk is an error now, not a SIGBUS
-    when a mapped page is first written."""
-    from ..errors import EnvironmentProblem
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            if nbytes and hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fh.fileno(), 0, nbytes)
-            else:
-                fh.truncate(nbytes)
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise EnvironmentProblem(
-            f"Cannot write the decoded-pixel cache ({nbytes / 2**20:,.0f} MiB) in "
-            f"{path.parent}: {exc.strerror or exc}.",
-            hint="Free disk space, point DLPIPE_CACHE_DIR at a larger disk, or use a smaller "
-            "--image-size.",
-        ) from None
-
-
-def _sweep(key: str) -> None:
-    """Remove temporary files of `key` left by builds that were killed (their process is gone)."""
-    for tmp in cache_dir().glob(f".{key}.*.tmp"):
-        parts = tmp.name.split(".")
-        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
-        try:
-            if pid:
-                os.kill(pid, 0)  # alive: another process is building it now
-                continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        tmp.unlink(missing_ok=True)
-
-
 def build(
     ds: ImageDataset,
     indices: np.ndarray,
@@ -222,10 +172,10 @@ def build(
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Decode the rows once into a temporary file and commit it (one process)."""
-    _sweep(key)
+    sweep(key)
     tmp = cache_dir() / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        _blank(tmp, int(np.prod(shape)))
+        blank(tmp, int(np.prod(shape)))
         target = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape) if shape[0] else None
         positions = np.arange(shape[0])
         workers = build_workers(shape[0])
@@ -261,7 +211,7 @@ def build_together(
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(ctx.world_size)))
     tmp = cache_dir() / f".{key}.node{node}.building.tmp"
     if ctx.local_rank == 0:
-        on_every_rank(lambda: _blank(tmp, int(np.prod(shape))), ctx)
+        on_every_rank(lambda: blank(tmp, int(np.prod(shape))), ctx)
     else:
         on_every_rank(lambda: None, ctx)
     try:

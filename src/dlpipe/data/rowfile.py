@@ -45,12 +45,18 @@ def cache_dir() -> Path:
     return cache_root() / "pixels"
 
 
-def row_key(ds: ImageDataset, indices: np.ndarray, preprocess: Preprocess) -> str:
-    """Everything the rows depend on: data fingerprint, resize/crop, native mode, which rows."""
+def pixel_key(fmt: str, ds: ImageDataset, indices: np.ndarray, preprocess: Preprocess) -> str:
+    """Everything a file of decoded pixels depends on: its format, the data fingerprint (paths,
+    sizes, mtimes, labels of the index), resize/crop, the native mode and which rows."""
     rows = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
     pixels = {k: v for k, v in preprocess.to_dict().items() if k in _PIXEL_FIELDS}
-    blob = json.dumps([FORMAT, ds.fingerprint, pixels, ds.mode, rows], sort_keys=True)
+    blob = json.dumps([fmt, ds.fingerprint, pixels, ds.mode, rows], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def row_key(ds: ImageDataset, indices: np.ndarray, preprocess: Preprocess) -> str:
+    """The key of the streamed row file of `indices` (see pixel_key)."""
+    return pixel_key(FORMAT, ds, indices, preprocess)
 
 
 def committed_files(key: str) -> tuple[Path, Path]:
@@ -105,7 +111,8 @@ def state_array(path: Path, rows: int, create: bool) -> tuple[np.ndarray, np.nda
 
 def blank(path: Path, nbytes: int) -> None:
     """A data file of `nbytes` with its blocks reserved: a full disk is an error now (and the
-    caller falls back to decoding into memory), not a failed write in the middle of training."""
+    caller falls back to decoding into memory), not a failed write in the middle of training or
+    a SIGBUS when a mapped page is first written."""
     from ..errors import EnvironmentProblem
 
     try:
@@ -126,7 +133,8 @@ def blank(path: Path, nbytes: int) -> None:
 
 
 def sweep(key: str) -> None:
-    """Remove temporary files of `key` left by fills whose process is gone (killed runs)."""
+    """Remove temporary files of `key` left by fills or builds whose process is gone (killed
+    runs); a file whose name carries no process id (a node's shared build) is removed too."""
     for tmp in cache_dir().glob(f".{key}.*.tmp"):
         parts = tmp.name.split(".")
         pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
