@@ -11,12 +11,15 @@ each in a fresh process:
   memory          peak RSS (VmHWM, everything: file pages a process maps count too) and its
                   anonymous part (RssAnon)
   steady img/s    epoch 2 of reading shuffled batches of 64 uint8 rows -> float tensors: dlpipe's
-                  pread reader, the previous mapped cache (`pixcache`, "mmap"), and the
-                  DataLoader's epoch 2 (decode + resize every time, --workers processes)
+                  pread reader and the DataLoader's epoch 2 (decode + resize every time,
+                  --workers processes)
   features        mobilenet_v2 (offline ImageNet weights) at 96 px: onnxruntime vs torch eager
+  cli             the real commands (`ae train`, `gan train`, an unfrozen `finetune`), each from
+                  a cold decoded cache: time from process start to the first optimizer step,
+                  steps done in --cli-seconds after it, and peak RSS
 
     .venv/bin/python benchmarks/bench_data.py [--n 5000] [--size 192] [--workers 2]
-        [--parts open,cold,warm,mmap,baseline,features] [--open-n 100000]
+        [--parts open,cold,warm,baseline,features,cli] [--open-n 100000]
 Writes benchmarks/results/data{--tag}.json; data.md holds the figures and what they mean.
 """
 
@@ -78,16 +81,8 @@ import numpy as np
 from dlpipe.console import quiet
 from dlpipe.train.images import load_image_data
 t_import = time.time() - t0
-if sys.argv[4] == "mmap":  # the previous reader: the whole cache built, then mapped
-    from types import SimpleNamespace
-    from dlpipe.data import Preprocess, open_source
-    from dlpipe.data.pixcache import cached_pixels
-    ds, size = open_source(sys.argv[2]), int(sys.argv[3])
-    px = cached_pixels(ds, np.arange(len(ds)), Preprocess(resize=size, crop=size, channels=3))[0]
-    data = SimpleNamespace(train=px)
-else:
-    data = load_image_data(sys.argv[2], None, False, int(sys.argv[3]), 0.0, 0.0, 0, None, 0.0,
-                           1.0, quiet())
+data = load_image_data(sys.argv[2], None, False, int(sys.argv[3]), 0.0, 0.0, 0, None, 0.0, 1.0,
+                       quiet())
 t_data = time.time() - t0
 import torch
 from torch import nn
@@ -174,6 +169,58 @@ print(json.dumps({**out, "speedup": out["onnxruntime"] / out["torch"], "max_abs_
 """
 
 
+CLI = (
+    _MEM
+    + """
+import os, sys, time, json
+t0, budget, argv = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+import torch
+steps = []
+def report():
+    print(json.dumps({'first_step_s': steps[0] if steps else None, 'steps': len(steps),
+                      'seconds': time.time() - t0, **mem()}), flush=True)
+def hook(opt, args, kwargs):  # every optimizer step of the real command
+    steps.append(time.time() - t0)
+    if steps[-1] - steps[0] > budget:
+        report()
+        os._exit(0)
+from torch.optim.optimizer import register_optimizer_step_post_hook
+register_optimizer_step_post_hook(hook)
+from dlpipe.cli import main
+sys.argv = ["dlpipe", *argv]
+try:
+    main()
+finally:
+    report()
+"""
+)
+
+
+def commands(folder: Path, size: int, runs: Path) -> dict[str, list[str]]:
+    """The issue's "done when" commands on the generated folder (one epoch; stopped by the
+    wrapper --cli-seconds after the first optimizer step)."""
+    common = ["--data", str(folder), "--image-size", str(size), "--epochs", "1"]
+    return {
+        "ae": ["ae", "train", *common, "--name", "bench-ae", "--runs-dir", str(runs)],
+        "gan": ["gan", "train", *common, "--name", "bench-gan", "--runs-dir", str(runs)],
+        "finetune_unfrozen": [
+            "finetune",
+            *common,
+            "--no-freeze",
+            "--backbone",
+            "mobilenet_v2",
+            "--weights",
+            "none",
+            "--batch-size",
+            "32",
+            "--name",
+            "bench-ft",
+            "--runs-dir",
+            str(runs),
+        ],  # fmt: skip
+    }
+
+
 def child(code: str, *args: object, cache: Path, threads: int | None = None) -> dict:
     """Run `code` in a fresh interpreter (dlpipe from this checkout) and parse its JSON line."""
     env = {**os.environ, "DLPIPE_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT / "src")}
@@ -205,7 +252,7 @@ def make_tiny(folder: Path, n: int) -> None:
     (folder / "done").write_text(str(n))
 
 
-PARTS = ("open", "cold", "warm", "mmap", "baseline", "features")
+PARTS = ("open", "cold", "warm", "baseline", "features", "cli")
 
 
 def measure(args: argparse.Namespace, folder: Path, cache: Path, parts: set[str]) -> dict:
@@ -215,16 +262,17 @@ def measure(args: argparse.Namespace, folder: Path, cache: Path, parts: set[str]
         res["open_cold"] = child(OPEN, folder, cache=cache)
         res["open_warm"] = child(OPEN, folder, cache=cache)
     if "cold" in parts:
-        res["dlpipe_cold"] = child(DLPIPE, folder, args.size, "rows", cache=cache)
+        res["dlpipe_cold"] = child(DLPIPE, folder, args.size, cache=cache)
     if "warm" in parts:
-        res["dlpipe_warm"] = child(DLPIPE, folder, args.size, "rows", cache=cache)
-    if "mmap" in parts:  # the previous reader (builds its own cache file first, then re-run)
-        child(DLPIPE, folder, args.size, "mmap", cache=cache)
-        res["mmap_warm"] = child(DLPIPE, folder, args.size, "mmap", cache=cache)
+        res["dlpipe_warm"] = child(DLPIPE, folder, args.size, cache=cache)
     if "baseline" in parts:
         res["baseline"] = child(BASELINE, folder, args.size, args.workers, cache=cache)
     if "features" in parts:
         res["features"] = child(FEATURES, folder, args.features, cache=cache)
+    if "cli" in parts:  # the real commands, each from a cold decoded cache
+        for name, argv in commands(folder, args.size, args.runs or args.folder / "runs").items():
+            shutil.rmtree(cache / "pixels", ignore_errors=True)
+            res[f"cli_{name}"] = {"argv": argv, **child(CLI, args.cli_seconds, *argv, cache=cache)}
     if args.open_n:
         tiny, tiny_cache = args.folder / f"tiny{args.open_n}", args.folder / "cache-tiny"
         make_tiny(tiny, args.open_n)
@@ -245,6 +293,13 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the results file (data{tag}.json)")
     ap.add_argument("--parts", default=",".join(PARTS), help="which measurements, comma-separated")
     ap.add_argument("--open-n", type=int, default=0, help="also open this many tiny JPEGs")
+    ap.add_argument(
+        "--cli-seconds",
+        type=float,
+        default=60.0,
+        help="cli part: how long each command trains after its first step",
+    )
+    ap.add_argument("--runs", type=Path, help="cli part: runs folder [default: FOLDER/runs]")
     args = ap.parse_args()
     folder = args.folder / f"jpeg{args.n}"
     cache = args.folder / f"cache{args.n}"

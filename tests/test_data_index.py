@@ -1,5 +1,5 @@
 """The folder index (headers only, cached by path/size/mtime), symlink safety, files that vanish or
-change during a run, and the on-disk decoded-pixel cache (corrupt -> rebuilt)."""
+change during a run, and what the decoded-pixel cache is keyed by (its reads: test_data_rows)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 from dlpipe.data import Preprocess, open_source
 from dlpipe.data.arrays import pixels_and_indices
 from dlpipe.data.index import headers
-from dlpipe.data.pixcache import _files, cache_key, cached_pixels
+from dlpipe.data.rowfile import row_key
 from dlpipe.errors import BadInput
 
 
@@ -125,103 +125,8 @@ def test_a_mostly_garbage_set_fails_early_with_a_clear_error(tmp_path):
         pixels_and_indices(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8))
 
 
-def test_decoded_cache_is_built_once_then_mapped_and_rebuilt_when_corrupt(tmp_path):
-    root = _digits(tmp_path / "data", classes=3, per=5)
-    ds = open_source(root)
-    pre = Preprocess(resize=8, crop=8)
-    idx = np.arange(len(ds))[::-1].copy()
-    expect, _ = pixels_and_indices(ds, idx, pre)
-    px, kept, how = cached_pixels(ds, idx, pre)
-    assert how == "built" and isinstance(px, np.memmap) and np.array_equal(px, expect)
-    assert np.array_equal(kept, idx)
-    px, _, how = cached_pixels(ds, idx, pre)
-    assert how == "disk" and np.array_equal(px, expect)
-    data, meta = _files(cache_key(ds, idx, pre))
-    del px
-    with open(data, "r+b") as fh:  # one flipped byte
-        fh.seek(100)
-        byte = fh.read(1)
-        fh.seek(100)
-        fh.write(bytes([byte[0] ^ 0xFF]))
-    px, _, how = cached_pixels(ds, idx, pre)
-    assert how == "built" and np.array_equal(px, expect)
-    data.write_bytes(data.read_bytes()[:50])  # truncated
-    px, _, how = cached_pixels(ds, idx, pre)
-    assert how == "built" and np.array_equal(px, expect)
-    meta.unlink()  # the commit point is missing: a half-finished build
-    assert cached_pixels(ds, idx, pre)[2] == "built"
-    assert not [p for p in data.parent.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_decoded_cache_leaves_out_undecodable_rows_and_lists_them_on_every_hit(tmp_path):
-    root = _digits(tmp_path / "data", classes=2, per=6)
-    ds = open_source(root)
-    (root / "1" / "3.png").unlink()
-    pre = Preprocess(resize=8, crop=8)
-    idx = np.arange(len(ds))
-    px, kept, _ = cached_pixels(ds, idx, pre)
-    assert len(px) == len(kept) == 11 and 9 not in kept.tolist()
-    assert [int(v) for v in px[:, 0, 0, 0]] == [40 * (i // 6) + i % 6 for i in kept]
-    fresh = open_source(root)  # a new run on the same (re-indexed) data: a new key, rebuilt
-    assert len(fresh) == 11
-    Image.new("L", (12, 12), 0).save(root / "1" / "3.png")  # rewrite it: cache of `ds` still hits
-    ds.skipped.clear()
-    px, kept, how = cached_pixels(ds, idx, pre)
-    assert how == "disk" and len(kept) == 11 and "3.png" in ds.skipped[0][0]
-
-
-def test_two_processes_build_the_cache_together_each_decoding_only_its_rows(tmp_path):
-    """Under torchrun each process decodes only its strided share into the one cache file (no
-    process gathers the set), and both then map the same pixels one process makes."""
-    import json
-    import subprocess
-    import sys
-    import textwrap
-
-    root = _digits(tmp_path / "data", classes=3, per=5)
-    noisy = root / "2" / "4.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 12), np.uint8)).save(noisy)
-    noisy.write_bytes(noisy.read_bytes()[:100])  # the header reads, the pixels are cut
-    script = tmp_path / "job.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import json, os
-            import numpy as np
-            from dlpipe.data import Preprocess, open_source
-            from dlpipe.data.pixcache import cached_pixels
-            from dlpipe.distributed import init_distributed
-            ctx = init_distributed("cpu")
-            ds = open_source({str(root)!r})
-            seen = []
-            get = ds._get
-            ds._get = lambda i: (seen.append(int(i)), get(i))[1]
-            px, kept, how = cached_pixels(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8),
-                                          ctx=ctx)
-            with open(f"out-{{ctx.rank}}.json", "w") as fh:  # one file a rank: no interleaving
-                json.dump({{"rank": ctx.rank, "seen": seen, "kept": kept.tolist(), "how": how,
-                           "px": px[:, 0, 0, 0].tolist(), "skipped": len(ds.skipped)}}, fh)
-            """
-        )
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(script)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = [json.loads((tmp_path / f"out-{rank}.json").read_text()) for rank in (0, 1)]
-    assert [r["seen"] for r in res] == [list(range(0, 15, 2)), list(range(1, 15, 2))]
-    assert res[0]["how"] == res[1]["how"] == "built"
-    assert res[0]["kept"] == res[1]["kept"] == [i for i in range(15) if i != 14]
-    assert res[0]["px"] == res[1]["px"] == [40 * (i // 5) + i % 5 for i in range(14)]
-    assert res[0]["skipped"] == res[1]["skipped"] == 1  # found by rank 0, listed on both
-    ds = open_source(root)
-    px, _, how = cached_pixels(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8))
-    assert how == "disk" and px[:, 0, 0, 0].tolist() == res[0]["px"]  # one process: same file
-
-
 def test_an_unwritable_cache_folder_warns_and_decodes_into_memory(tmp_path, monkeypatch):
-    from dlpipe.data.pixcache import load_pixels
+    from dlpipe.data.pixels import open_pixels
 
     root = _digits(tmp_path / "data", classes=2)
     blocker = tmp_path / "not-a-folder"
@@ -229,22 +134,10 @@ def test_an_unwritable_cache_folder_warns_and_decodes_into_memory(tmp_path, monk
     monkeypatch.setenv("DLPIPE_CACHE_DIR", str(blocker))  # mkdir below it fails
     ds = open_source(root)
     said: list[str] = []
-    px, kept = load_pixels(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8), warn=said.append)
-    assert not isinstance(px, np.memmap) and len(px) == len(kept) == 8
+    px, kept = open_pixels(ds, np.arange(len(ds)), Preprocess(resize=8, crop=8), lambda n: None,
+                           warn=said.append)  # fmt: skip
+    assert isinstance(px, np.ndarray) and len(px) == len(kept) == 8
     assert said and "not writable" in said[0] and "into memory" in said[0]
-
-
-def test_a_killed_build_leaves_no_litter_after_the_next_build(tmp_path):
-    root = _digits(tmp_path / "data", classes=2)
-    ds = open_source(root)
-    pre, idx = Preprocess(resize=8, crop=8), np.arange(8)
-    key = cache_key(ds, idx, pre)
-    folder = _files(key)[0].parent
-    folder.mkdir(parents=True)
-    stale = folder / f".{key}.999999999.deadbeef.tmp"  # no such process
-    stale.write_bytes(b"x" * 100)
-    assert cached_pixels(ds, idx, pre)[2] == "built"
-    assert not stale.exists()
 
 
 def test_normalisation_does_not_split_the_decoded_cache(tmp_path):
@@ -254,5 +147,5 @@ def test_normalisation_does_not_split_the_decoded_cache(tmp_path):
     idx = np.arange(8)
     a = Preprocess(resize=8, crop=8, mean=[0.0], std=[1.0])
     b = Preprocess(resize=8, crop=8, mean=[0.5], std=[0.5])
-    assert cache_key(ds, idx, a) == cache_key(ds, idx, b)
-    assert cache_key(ds, idx, a) != cache_key(ds, idx, Preprocess(resize=9, crop=8))
+    assert row_key(ds, idx, a) == row_key(ds, idx, b)
+    assert row_key(ds, idx, a) != row_key(ds, idx, Preprocess(resize=9, crop=8))

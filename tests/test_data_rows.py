@@ -154,13 +154,16 @@ GAN = ["gan", "train", "--image-size", "8", "--nz", "4", "--ngf", "4", "--ndf", 
 AE = ["ae", "train", "--width", "4", "--latent", "4", "--noise", "gaussian:0.3", "--image-size",
       "8", "--batch-size", "10", "--epochs", "2", "--device", "cpu", "--quiet"]  # fmt: skip
 
+FT = ["finetune", "--backbone", "mnist_cnn_bn", "--weights", "none", "--no-freeze", "--augment",
+      "--image-size", "8", "--batch-size", "10", "--epochs", "2", "--device", "cpu", "--quiet"]  # fmt: skip
+
 
 def _weights(command: str, name: str) -> dict[str, dict[str, torch.Tensor]]:
     path = Path("runs") / command / name / "checkpoints" / "last.safetensors"
     return load_checkpoint(path).weights
 
 
-@pytest.mark.parametrize("argv", [GAN, AE], ids=["gan", "ae"])
+@pytest.mark.parametrize("argv", [GAN, AE, FT], ids=["gan", "ae", "finetune-unfrozen"])
 def test_a_run_started_cold_equals_a_run_started_warm_bit_for_bit(cli, tmp_path, argv,
                                                                   monkeypatch):  # fmt: skip
     root = str(_folder(tmp_path / "data", per=12))
@@ -223,3 +226,46 @@ def test_two_processes_read_only_their_rows_and_match_one(cli, tmp_path):
     two, one = _weights("ae", "two"), _weights("ae", "one")
     worst = max((t - one[g][k]).abs().max().item() for g, ts in two.items() for k, t in ts.items())
     assert worst <= 1e-5
+
+
+def test_an_unfrozen_finetune_trains_on_the_streamed_cache_and_never_counts_a_bad_image(
+    cli, tmp_path
+):
+    """The classifier reads a folder's rows from the streamed cache like gan/ae: an image whose
+    pixels are cut (here a held-out one) is listed in skipped.txt and left out of the held-out
+    score and the confusion matrix; in training it would read as its neighbour, with the
+    neighbour's label (`Source.targets`)."""
+    from dlpipe.data import make_split
+
+    root = _folder(tmp_path / "data", per=12)
+    ds = open_source(root)
+    split = make_split(ds.labels, 0.25, 0.25, 0, ds.official_test)
+    cut = Path(ds.where(int(split.test[3])))
+    cut.write_bytes(cut.read_bytes()[:80])
+    args = [*FT, "--data", str(root), "--name", "cut", "--val-fraction", "0.25",
+            "--test-fraction", "0.25", "--epochs", "1"]  # fmt: skip
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    assert cut.name in (Path("runs") / "finetune" / "cut" / "skipped.txt").read_text()
+    metrics = json.loads((Path("runs") / "finetune" / "cut" / "metrics.json").read_text())
+    assert metrics["held_out_split"] == "test"
+    assert metrics["held_out_size"] == len(split.test) - 1
+    assert sum(map(sum, metrics["confusion"])) == len(split.test) - 1
+
+
+def test_a_stand_in_row_takes_its_neighbours_label(tmp_path):
+    """Training reads an undecodable image as the usable row before it: the label must come
+    from that row too, or the classifier would learn a wrong class."""
+    from dlpipe.train.classifier.loop import Source
+
+    root = _folder(tmp_path / "data", per=4)
+    first_of_class_1 = root / "1" / "0.png"  # position 4: its stand-in is row 3, of class 0
+    first_of_class_1.write_bytes(first_of_class_1.read_bytes()[:80])
+    ds = open_source(root)
+    idx = np.arange(len(ds))
+    src = Source(torch.from_numpy(ds.labels[idx].copy()), pixels=open_rows(ds, idx, PRE),
+                 preprocess=PRE)  # fmt: skip
+    pos = np.array([4, 5, 3])
+    assert src.targets(pos).tolist() == [0, 1, 0]
+    assert torch.equal(src.batch(pos)[0], src.batch(pos)[2])
+    assert src.real(pos).tolist() == [False, True, True]

@@ -1,6 +1,6 @@
 """Materialise (part of) a data set as uint8 NCHW pixels through a Preprocess: decoded in-process or
 by forked DataLoader workers, images found unusable when decoded skipped and listed (not fatal
-unless --strict), and for folders kept in the on-disk decoded cache (see `pixcache`)."""
+unless --strict), and for folders kept in the on-disk decoded cache (see `pixels` and `rows`)."""
 
 from __future__ import annotations
 

@@ -355,11 +355,22 @@ class PixelRows:
             if self.report is not None:
                 self.report()
 
-    def _read(self, positions: np.ndarray, out: np.ndarray) -> None:
+    def resolve(self, positions: Any) -> np.ndarray:
+        """The rows `positions` read as: each itself, or for an undecodable image the nearest
+        usable row (decoding what it must to know). A classifier takes its labels from these."""
         self._notice()
-        usable = [self.store.usable(int(p)) for p in positions]
+        usable = np.array([self.store.usable(int(p)) for p in np.asarray(positions)], np.int64)
         self._notice()
-        self.store.read(usable, out)
+        return usable
+
+    def real(self, positions: Any) -> np.ndarray:
+        """True where a row is its own image (not a stand-in for an undecodable one)."""
+        return self.resolve(positions) == np.asarray(positions)
+
+    def read_into(self, positions: Any, out: np.ndarray) -> None:
+        """Rows `positions` into `out` (e.g. a pinned buffer's array), stand-ins resolved."""
+        usable = self.resolve(positions)
+        self.store.read(usable.tolist(), out)
         self.rows_read += len(usable)
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -368,7 +379,7 @@ class PixelRows:
         positions = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
         positions = np.where(positions < 0, positions + len(self), positions).astype(np.int64)
         out = np.empty((len(positions), *self.shape[1:]), dtype=np.uint8)
-        self._read(positions, out)
+        self.read_into(positions, out)
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -381,7 +392,7 @@ class PixelRows:
         positions = np.asarray(order, dtype=np.int64)
         out = np.zeros((len(positions), *self.shape[1:]), dtype=np.uint8)
         mine = slice(None) if part is None else part
-        self._read(positions[mine], out[mine])
+        self.read_into(positions[mine], out[mine])
         return out
 
     def wait_committed(self, timeout: float = 600.0) -> bool:

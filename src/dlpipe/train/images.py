@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import Preprocess, make_split, open_source
-from ..data.pixcache import load_pixels
+from ..data.pixels import open_pixels
 from ..data.rows import PixelRows
 from ..data.splits import held_out_missing, subsample
 from ..distributed import current
@@ -87,13 +87,13 @@ def load_image_data(
     train_idx = subsample(ds.labels, split.train, limit, seed)
     total = len(train_idx) + len(split.test) + len(split.val)
     with out.progress("decoding images", total) as advance:
-        train, train_idx = _pixels(ds, train_idx, pre, advance, ctx, out.warn)
+        train, train_idx = open_pixels(ds, train_idx, pre, advance, ctx, out.warn)
         nothing = np.zeros((0, c, size, size), dtype=np.uint8), np.zeros(0, dtype=np.int64)
         main = ctx.is_main
         heldout, test_idx = (
-            _pixels(ds, split.test, pre, advance, None, out.warn) if main else nothing
+            open_pixels(ds, split.test, pre, advance, None, out.warn) if main else nothing
         )
-        val = _pixels(ds, split.val, pre, advance, None, out.warn)[0] if main else nothing[0]
+        val = open_pixels(ds, split.val, pre, advance, None, out.warn)[0] if main else nothing[0]
     meta = {
         "source": source,
         "data_root": data_root,
@@ -108,35 +108,6 @@ def load_image_data(
     }
     labels = ds.labels[test_idx]  # of the images decoded: one that vanished has no row
     return ImageData(train, heldout, val, pre, size, c, meta, ds.summary(), ds.skipped, labels)
-
-
-def _pixels(ds: Any, idx: np.ndarray, pre: Preprocess, advance: Any, ctx: Any,
-            warn: Any) -> tuple[np.ndarray | PixelRows, np.ndarray]:  # fmt: skip
-    """(pixels, the indices they are of): a folder's rows from the streamed cache when its folder
-    is writable everywhere, else `load_pixels` (in memory; it warns why)."""
-    from ..data.pixcache import usable, writable
-    from ..data.rows import open_rows
-    from ..errors import EnvironmentProblem
-
-    if usable(ds, pre) and _everywhere(writable(), ctx):
-        try:
-            rows = open_rows(ds, idx, pre, ctx)
-            advance(len(idx))
-            return rows, np.asarray(idx)
-        except EnvironmentProblem:  # a full disk (every process): load_pixels says it, in memory
-            pass
-    return load_pixels(ds, idx, pre, advance, ctx, warn)
-
-
-def _everywhere(ok: bool, ctx: Any) -> bool:
-    """`ok` on every process (the processes must take the same path)."""
-    if ctx is None or not ctx.enabled:
-        return ok
-    import torch
-
-    from ..distributed import all_reduce_sum
-
-    return all_reduce_sum(torch.tensor([float(not ok)]), ctx).item() == 0
 
 
 def open_image_run(cfg: Any, mean: float, std: float, out: Any) -> tuple[Any, Any, Any, ImageData]:

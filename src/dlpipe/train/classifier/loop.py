@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...data import Preprocess
+from ...data.rows import PixelRows
 from ...distributed import DistContext, all_reduce_sum
 from ..accel import Accel, optimizer_overflow_is_divergence
 from ..interrupt import Interrupted, StopFlag
@@ -63,11 +64,14 @@ def train_mode(
 
 @dataclass
 class Source:
-    """Batches of inputs: cached features, or uint8 pixels normalized (and augmented) per batch."""
+    """Batches of inputs: cached features, or uint8 pixels normalized (and augmented) per batch.
+    A folder's pixels are `PixelRows` (read on demand from the streamed cache): an undecodable
+    image reads as its nearest usable neighbour, with that neighbour's label (`targets`), and
+    evaluation leaves it out (`real`)."""
 
     labels: torch.Tensor
     features: torch.Tensor | None = None
-    pixels: np.ndarray | None = None
+    pixels: np.ndarray | PixelRows | None = None
     preprocess: Preprocess | None = None
     augment: bool = False
     hflip: bool = False
@@ -90,28 +94,45 @@ class Source:
         if self.accel is not None and self.accel.pin:
             x = self._on_device(idx)
         else:
-            x = torch.from_numpy(self.preprocess.normalize(self.pixels[idx]))
+            x = torch.from_numpy(self.preprocess.normalize(self._rows(idx).numpy()))
         if self.augment and draws is not None:
             x = augment(x, draws, self.hflip)
         return x.to(self.device or "cpu").contiguous(memory_format=torch.channels_last)
 
+    def _rows(self, idx: np.ndarray, pin: bool = False) -> torch.Tensor:
+        """The uint8 rows of positions `idx`, gathered into one (optionally pinned) tensor."""
+        assert self.pixels is not None
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = torch.empty((len(idx), *self.pixels.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        if isinstance(self.pixels, PixelRows):
+            self.pixels.read_into(idx, rows.numpy())
+        else:
+            torch.index_select(torch.from_numpy(self.pixels), 0, torch.from_numpy(idx), out=rows)
+        return rows
+
     def _on_device(self, idx: np.ndarray) -> torch.Tensor:
         """GPU path: the batch's uint8 rows gathered into pinned memory, copied without blocking
         (a quarter of the float32 bytes), normalised on the device."""
-        assert self.pixels is not None and self.preprocess is not None and self.accel is not None
-        px = torch.from_numpy(self.pixels)
-        rows = torch.empty((len(idx), *px.shape[1:]), dtype=torch.uint8, pin_memory=True)
-        torch.index_select(px, 0, torch.from_numpy(np.asarray(idx, dtype=np.int64)), out=rows)
-        x = self.accel.to_device(rows)
+        assert self.preprocess is not None and self.accel is not None
+        x = self.accel.to_device(self._rows(idx, pin=True))
         shape = (1, -1, 1, 1)
         mean = torch.tensor(self.preprocess.mean, dtype=torch.float32, device=x.device)
         std = torch.tensor(self.preprocess.std, dtype=torch.float32, device=x.device)
         return (x.float() / 255.0 - mean.view(shape)) / std.view(shape)
 
     def targets(self, idx: np.ndarray) -> torch.Tensor:
-        """Labels at positions `idx`, on the inputs' device."""
+        """Labels at positions `idx` (a stand-in row's own label), on the inputs' device."""
         dev = self.features.device if self.features is not None else (self.device or "cpu")
-        return self.labels[torch.from_numpy(idx)].to(dev)
+        if isinstance(self.pixels, PixelRows):
+            idx = self.pixels.resolve(idx)
+        return self.labels[torch.from_numpy(np.asarray(idx, dtype=np.int64))].to(dev)
+
+    def real(self, idx: np.ndarray) -> np.ndarray:
+        """True where position `idx` holds its own image (False: a stand-in for one that could
+        not be decoded, which evaluation must not count)."""
+        if isinstance(self.pixels, PixelRows):
+            return self.pixels.real(idx)
+        return np.ones(len(idx), dtype=bool)
 
 
 def augment(x: torch.Tensor, draws: torch.Tensor, hflip: bool) -> torch.Tensor:
@@ -277,21 +298,29 @@ def evaluate(
     accel: Accel | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Loss and accuracy over `source` in inference mode (one process, no collective); also the
-    predictions."""
-    if len(source) == 0:
-        return {"loss": float("nan"), "acc": float("nan")}, np.zeros(0, dtype=np.int64)
+    predictions of the images counted: all but stand-ins for undecodable images (`Source.real`;
+    their true labels are `source.labels[source.real(all positions)]`)."""
     accel = accel or Accel(torch.device("cpu"))
-    preds, total = [], 0.0
+    preds, total, hits, counted = [np.zeros(0, dtype=np.int64)], 0.0, 0, 0
     with torch.inference_mode():
         for start in range(0, len(source), batch_size):
             idx = np.arange(start, min(start + batch_size, len(source)))
+            real = source.real(idx)
             with accel.autocast():
                 logits = forward(source.batch(idx))
-                total += float(loss_fn(logits, source.targets(idx))) * len(idx)
-            preds.append(logits.argmax(1).cpu().numpy())
-    pred = np.concatenate(preds)
-    acc = float((pred == source.labels.numpy()).mean())
-    return {"loss": total / len(source), "acc": acc}, pred
+                y = source.targets(idx)
+                if not real.all():
+                    keep = torch.from_numpy(real).to(logits.device)
+                    logits, y = logits[keep], y[keep]
+                if len(y):
+                    total += float(loss_fn(logits, y)) * len(y)
+            pred = logits.argmax(1)
+            hits += int((pred == y).sum())
+            counted += len(y)
+            preds.append(pred.cpu().numpy())
+    if not counted:
+        return {"loss": float("nan"), "acc": float("nan")}, np.concatenate(preds)
+    return {"loss": total / counted, "acc": hits / counted}, np.concatenate(preds)
 
 
 # ---- dropout over the global batch ---------------------------------------------------------------

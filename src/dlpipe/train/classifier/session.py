@@ -20,7 +20,8 @@ from torch import nn
 from ...checkpoint import load_checkpoint
 from ...config import FinetuneConfig
 from ...data import Preprocess, make_split, open_source
-from ...data.pixcache import load_pixels
+from ...data.pixels import open_pixels
+from ...data.rows import PixelRows
 from ...data.sources import ImageDataset
 from ...data.splits import held_out_missing, subsample
 from ...distributed import DistContext, setup
@@ -282,14 +283,18 @@ class Session:
         return self._feats[split]
 
     def pixel_source(self, split: str, collective: bool = False) -> Source:
-        """uint8 pixels of a split (decoded once), normalized per batch by Preprocess. With
-        `collective` (the training split, called on every rank) each rank decodes its share."""
+        """uint8 pixels of a split, normalized per batch by Preprocess: a folder's rows read on
+        demand from the streamed cache (training starts while it fills), a built-in set's in
+        memory. With `collective` (the training split, called on every rank) the processes fill
+        the cache together, each decoding a share, and each reads only its rows."""
         if split not in self._pixels:
             idx = getattr(self.data, split)
-            ctx = self.ctx if collective else None  # folders: the decoded cache, mapped
+            ctx = self.ctx if collective else None
             with self.out.progress(f"decode {split}", len(idx)) as advance:
-                px, kept = load_pixels(self.data.ds, idx, self.preprocess, advance, ctx,
+                px, kept = open_pixels(self.data.ds, idx, self.preprocess, advance, ctx,
                                        self.out.warn)  # fmt: skip
+            if isinstance(px, PixelRows):  # images found undecodable while training: listed
+                px.report = self._report_late_skips
             labels = torch.from_numpy(self.data.ds.labels[kept].copy())
             self._report_late_skips()
             aug = self.cfg.augment and split == "train"
