@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml constraints.txt tools/install.sh
 install-gpu:
 	$(MAKE) install GPU=1
 
+# One pytest worker per core (at most 4): most tests are start-up, file and subprocess work
+# that a second core overlaps; each worker runs torch on one thread (tests/conftest.py).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 demo: install
 	$(VENV)/bin/dlpipe run pipelines/quickstart.yaml

@@ -196,29 +196,22 @@ finally:
 )
 
 
-def commands(folder: Path, size: int, runs: Path) -> dict[str, list[str]]:
+def commands(folder: Path, size: int, runs: Path, batch: int | None) -> dict[str, list[str]]:
     """The issue's "done when" commands on the generated folder (one epoch; stopped by the
-    wrapper --cli-seconds after the first optimizer step)."""
+    wrapper --cli-seconds after the first optimizer step), at their default batch sizes (the
+    finetune at 32) unless `batch` is given: activations at 192 px, not data, set their peak
+    memory."""
     common = ["--data", str(folder), "--image-size", str(size), "--epochs", "1"]
-    return {
+    argv = {
         "ae": ["ae", "train", *common, "--name", "bench-ae", "--runs-dir", str(runs)],
         "gan": ["gan", "train", *common, "--name", "bench-gan", "--runs-dir", str(runs)],
-        "finetune_unfrozen": [
-            "finetune",
-            *common,
-            "--no-freeze",
-            "--backbone",
-            "mobilenet_v2",
-            "--weights",
-            "none",
-            "--batch-size",
-            "32",
-            "--name",
-            "bench-ft",
-            "--runs-dir",
-            str(runs),
-        ],  # fmt: skip
-    }
+        "finetune_unfrozen": ["finetune", *common, "--no-freeze", "--backbone", "mobilenet_v2",
+                              "--weights", "none", "--batch-size", "32", "--name", "bench-ft",
+                              "--runs-dir", str(runs)],
+    }  # fmt: skip
+    if batch:  # the last --batch-size wins
+        return {k: [*v, "--batch-size", str(batch)] for k, v in argv.items()}
+    return argv
 
 
 def child(code: str, *args: object, cache: Path, threads: int | None = None) -> dict:
@@ -270,7 +263,9 @@ def measure(args: argparse.Namespace, folder: Path, cache: Path, parts: set[str]
     if "features" in parts:
         res["features"] = child(FEATURES, folder, args.features, cache=cache)
     if "cli" in parts:  # the real commands, each from a cold decoded cache
-        for name, argv in commands(folder, args.size, args.runs or args.folder / "runs").items():
+        for name, argv in commands(
+            folder, args.size, args.runs or args.folder / "runs", args.cli_batch
+        ).items():
             shutil.rmtree(cache / "pixels", ignore_errors=True)
             res[f"cli_{name}"] = {"argv": argv, **child(CLI, args.cli_seconds, *argv, cache=cache)}
     if args.open_n:
@@ -299,6 +294,7 @@ def main() -> None:
         default=60.0,
         help="cli part: how long each command trains after its first step",
     )
+    ap.add_argument("--cli-batch", type=int, help="cli part: --batch-size of every command")
     ap.add_argument("--runs", type=Path, help="cli part: runs folder [default: FOLDER/runs]")
     args = ap.parse_args()
     folder = args.folder / f"jpeg{args.n}"
