@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml constraints.txt tools/install.sh
 install-gpu:
 	$(MAKE) install GPU=1
 
-# One pytest worker per core (at most 4): most tests are start-up, file and subprocess work
-# that a second core overlaps; each worker runs torch on one thread (tests/conftest.py).
+# One pytest worker per core (at most 4): most tests are start-up, file and subprocess work that a
+# second core overlaps. Workers keep torch's default threads: parity tolerances were measured so.
 test: install
 	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,15 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
-
-
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core (pytest-xdist)
-    # one thread each: two workers with torch's default of a thread per core would oversubscribe
-    # the cores, and the processes the tests start (torchrun, `python -m dlpipe`) inherit it
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
