@@ -19,10 +19,10 @@ def test_grid_is_fine_and_the_lowest_validation_loss_wins() -> None:
     x, y = load_digits(return_X_y=True)
     x = torch.from_numpy((x - x.mean(0)) / (x.std(0) + 1e-6)).float()
     y = torch.from_numpy(y)
-    y[:300:7] = (y[:300:7] + 3) % 10  # some label noise: the weakest decay is not the best
-    fit, tried = select_linear(x[:300], y[:300], x[300:500], y[300:500], 10)
+    y[:150:7] = (y[:150:7] + 3) % 10  # some label noise: the weakest decay is not the best
+    fit, tried = select_linear(x[:150], y[:150], x[300:500], y[300:500], 10)
     losses = [t["val_loss"] for t in tried]
     assert fit.wd == tried[int(np.argmin(losses))]["weight_decay"]
     assert WD_GRID[0] > fit.wd > WD_GRID[-1]  # an interior minimum, not an end of the grid
-    none, _ = select_linear(x[:300], y[:300], x[:0], y[:0], 10)
+    none, _ = select_linear(x[:150], y[:150], x[:0], y[:0], 10)
     assert none.wd == NO_VAL_WD
