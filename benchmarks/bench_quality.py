@@ -19,7 +19,7 @@ The hand baselines import from dlpipe only the split (so the rows are the same) 
 
     .venv/bin/python benchmarks/bench_quality.py [--sets mnist5k,fashion-mnist,digits]
         [--only ae,finetune,gan] [--ae-epochs 6] [--ae-limit 1500] [--limit 1500]
-        [--eval-limit 500] [--epochs 8] [--gan-limit 5000] [--gan-chunks 4]
+        [--eval-limit 500] [--epochs 8] [--unfrozen-epochs 3] [--gan-limit 5000] [--gan-chunks 4]
 Writes benchmarks/results/quality.md and quality.json; `--only` reruns some parts and keeps the
 other parts' rows (and the text under the table). Run it alone: on a shared 2-core machine
 other processes make torch several times slower (wall times then mean little; ratios less).
@@ -477,7 +477,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--unfreeze-after", type=int, default=3)
-    p.add_argument("--unfrozen-epochs", type=int, default=2, help="0: no staged run")
+    p.add_argument("--unfrozen-epochs", type=int, default=3, help="0: no staged run")
     p.add_argument("--only", default=",".join(PARTS), help="parts to run: finetune,ae,gan")
     p.add_argument("--gan-epochs", type=int, help="dlpipe's epochs [default: its default]")
     p.add_argument("--gan-limit", type=int, default=5000, help="training images at most")

@@ -42,7 +42,7 @@ def test_weight_decay_is_chosen_on_validation_and_folded_into_the_head() -> None
     head = nn.Sequential(nn.Dropout(0.1), nn.Linear(64, 10))
     info = fit_linear_head(head, train, val, 10)
     tried = info["grid"]
-    best = max(tried, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    best = min(tried, key=lambda r: (r["val_loss"], -r["val_acc"]))  # lowest validation loss
     assert info["weight_decay"] == best["weight_decay"] and len(tried) > 3
     head.eval()
     with torch.no_grad():  # the head's own forward on raw features gives the chosen fit's accuracy

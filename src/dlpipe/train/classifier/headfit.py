@@ -3,9 +3,11 @@
 Frozen features make the head problem small, and for a linear head convex: instead of guessing an
 epoch count (a fixed number of AdamW epochs under-fits small data), solve it.
 - linear head: multinomial logistic regression, full batch, L-BFGS to convergence, for each weight
-  decay of a small grid (largest first, each warm-started from the last); the value with the best
-  validation accuracy (then loss) is kept, fitted on the training split (the linear-probe protocol
-  of CLIP-style evaluations). Objective: mean cross-entropy + wd/2 * |W|^2 (bias not penalised),
+  decay of a grid (4 per decade from 1 to 1e-4, largest first, each warm-started from the last);
+  the value with the lowest validation loss (then the best accuracy) is kept, fitted on the
+  training split (the linear-probe protocol of CLIP-style evaluations, choosing on the loss: on
+  a few hundred validation images neighbouring decays tie or differ by one image in accuracy,
+  while the loss is smooth in the decay, so it picks a steadier value). Objective: mean cross-entropy + wd/2 * |W|^2 (bias not penalised),
   which is scikit-learn's LogisticRegression with C = 1 / (wd * n_train); it is solved on
   standardised features (better conditioned) and folded back into the head's Linear layer.
 - mlp head: many cheap epochs (constant lr) with early stopping on the validation loss; the
@@ -24,9 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-# Weight decays tried for the linear head (mean-loss scale: 1e-4 ~ C = 10 / n_train).
-WD_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-NO_VAL_WD = 1e-4  # without a validation split there is nothing to choose on
+# Weight decays tried for the linear head (mean-loss scale: 1e-4 ~ C = 10 / n_train), strongest
+# first. 4 per decade: the old 1-per-decade grid (1e-1..1e-6) skipped the values the validation
+# loss prefers (0.002-0.06 on mnist5k, fashion-mnist, digits with mobilenet_v2 features), and
+# below 1e-4 warm-started fits barely move (they stop within a few iterations).
+WD_GRID = tuple(round(10 ** (-k / 4), 10) for k in range(17))  # 1, 0.56, 0.32, ..., 1e-4
+NO_VAL_WD = 1e-2  # without a validation split there is nothing to choose on: mid-range of the above
 MAX_ITER = 200  # L-BFGS iterations per weight decay
 FIT_TOL = 1e-5  # largest gradient element at convergence, on standardised features
 MLP_MAX_EPOCHS = 300
@@ -104,8 +109,8 @@ def _scores(fit: LinearFit, x: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
 def select_linear(
     xtr: torch.Tensor, ytr: torch.Tensor, xval: torch.Tensor, yval: torch.Tensor, classes: int
 ) -> tuple[LinearFit, list[dict[str, float]]]:
-    """The weight decay of WD_GRID with the best validation accuracy (ties: lower validation
-    loss, then the larger decay), fitted on the training rows; also every candidate's scores."""
+    """The weight decay of WD_GRID with the lowest validation loss (ties: better validation
+    accuracy, then the larger decay), fitted on the training rows; also every candidate's scores."""
     fit_kw = {"tol": FIT_TOL, "dtype": torch.float32}
     if len(yval) == 0:
         return fit_logistic(xtr, ytr, classes, NO_VAL_WD, **fit_kw), []
@@ -116,7 +121,7 @@ def select_linear(
         acc, loss = _scores(fit, xval, yval)
         tried.append({"weight_decay": wd, "val_acc": acc, "val_loss": loss,
                       "iterations": fit.iterations})  # fmt: skip
-        key = (acc, -loss)
+        key = (-loss, acc)  # the loss: smooth in wd, where accuracy ties or jumps by one image
         if best_key is None or key > best_key:
             best, best_key = fit, key
     assert best is not None
@@ -145,8 +150,8 @@ def fit_linear_head(head: nn.Module, train: Any, val: Any, classes: int) -> dict
     with torch.no_grad():
         layer.weight.copy_(weight.to(layer.weight.dtype))
         layer.bias.copy_(bias.to(layer.bias.dtype))
-    how = (f"L-BFGS logistic regression, weight decay {fit.wd:g} chosen on validation from "
-           f"{len(WD_GRID)} values" if tried else
+    how = (f"L-BFGS logistic regression, weight decay {fit.wd:g} chosen on validation loss "
+           f"from {len(WD_GRID)} values" if tried else
            f"L-BFGS logistic regression, weight decay {fit.wd:g} (no validation split to choose "
            "on)")  # fmt: skip
     return {"method": "lbfgs", "weight_decay": fit.wd, "iterations": fit.iterations,
