@@ -7,12 +7,13 @@ epoch count (a fixed number of AdamW epochs under-fits small data), solve it.
   the value with the lowest validation loss (then the best accuracy) is kept, fitted on the
   training split (the linear-probe protocol of CLIP-style evaluations, choosing on the loss: on
   a few hundred validation images neighbouring decays tie or differ by one image in accuracy,
-  while the loss is smooth in the decay, so it picks a steadier value). Objective: mean cross-entropy + wd/2 * |W|^2 (bias not penalised),
-  which is scikit-learn's LogisticRegression with C = 1 / (wd * n_train); it is solved on
+  while the loss is smooth in the decay, so it picks a steadier value). Objective: mean
+  cross-entropy + wd/2 * |W|^2 (bias not penalised), which is scikit-learn's LogisticRegression with C = 1 / (wd * n_train); it is solved on
   standardised features (better conditioned) and folded back into the head's Linear layer.
 - mlp head: many cheap epochs (constant lr) with early stopping on the validation loss; the
   weights of the best validation loss are kept.
-Both run in one process (rank 0 under torchrun, which then broadcasts the head) and consume no random numbers of the run's stream (a resumed run stays identical).
+Both run in one process (rank 0 under torchrun, which then broadcasts the head) and consume no
+random numbers of the run's stream (a resumed run stays identical).
 """
 
 from __future__ import annotations
