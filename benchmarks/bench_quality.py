@@ -93,7 +93,8 @@ def hand_denoiser(data: str, epochs: int, limit: int, val_fraction: float) -> di
     import torch
 
     from dlpipe.console import quiet
-    from dlpipe.train.ae.parts import add_noise, evaluate, parse_noise
+    from dlpipe.noise import add_noise, parse_noise
+    from dlpipe.train.ae.parts import evaluate
     from dlpipe.train.images import load_image_data
 
     t0 = time.perf_counter()
