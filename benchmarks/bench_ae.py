@@ -35,8 +35,8 @@ def blur_baseline(run_dir: Path) -> dict:
     from dlpipe.config import AeConfig
     from dlpipe.console import quiet as Quiet
     from dlpipe.metrics import psnr, ssim
+    from dlpipe.noise import add_noise, parse_noise
     from dlpipe.runs import RunDir
-    from dlpipe.train.ae.parts import add_noise, parse_noise
     from dlpipe.train.images import load_image_data
 
     cfg = AeConfig(**RunDir(run_dir).read_config())

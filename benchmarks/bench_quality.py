@@ -18,7 +18,7 @@ Same data, same split, same budget, in one run, on mnist5k, fashion-mnist and di
 The hand baselines import from dlpipe only the split (so the rows are the same) and the scoring.
 
     .venv/bin/python benchmarks/bench_quality.py [--sets mnist5k,fashion-mnist,digits]
-        [--only ae,finetune,gan] [--ae-epochs 6] [--ae-limit 1500] [--limit 1500]
+        [--only ae,finetune,gan] [--ae-epochs 15] [--ae-limit 1500] [--limit 1500]
         [--eval-limit 500] [--epochs 8] [--unfrozen-epochs 3] [--gan-limit 5000] [--gan-chunks 4]
 Writes benchmarks/results/quality.md and quality.json; `--only` reruns some parts and keeps the
 other parts' rows (and the text under the table). Run it alone: on a shared 2-core machine
@@ -53,10 +53,12 @@ def dlpipe_denoiser(data: str, epochs: int, limit: int, val_fraction: float, run
 
     cfg = AeConfig(data=data, noise=NOISE, epochs=epochs, limit=limit, val_fraction=val_fraction,
                    seed=SEED, device="cpu")  # fmt: skip
+    r = cfg.resolved()
     t0 = time.perf_counter()
     m = train_autoencoder(cfg, runs / f"ae-{data}")["metrics"]
     return {"value": m["psnr_gain_db"], "psnr_db": m["psnr_db"], "noisy_psnr_db": m["noisy_psnr_db"],
-            "wall_s": time.perf_counter() - t0, "arch": cfg.net}  # fmt: skip
+            "wall_s": time.perf_counter() - t0,
+            "arch": f"{r.net} width {r.width}, batch {r.batch_size}"}  # fmt: skip
 
 
 def hand_unet(channels: int, width: int = 16) -> Any:
@@ -93,7 +95,8 @@ def hand_denoiser(data: str, epochs: int, limit: int, val_fraction: float) -> di
     import torch
 
     from dlpipe.console import quiet
-    from dlpipe.train.ae.parts import add_noise, evaluate, parse_noise
+    from dlpipe.noise import add_noise, parse_noise
+    from dlpipe.train.ae.parts import evaluate
     from dlpipe.train.images import load_image_data
 
     t0 = time.perf_counter()
@@ -470,7 +473,7 @@ def main() -> None:
     """Parse options, run every set, write the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", default="mnist5k,fashion-mnist,digits")
-    p.add_argument("--ae-epochs", type=int, default=6)
+    p.add_argument("--ae-epochs", type=int, default=15, help="issue 12's budget")
     p.add_argument("--ae-limit", type=int, default=1500)
     p.add_argument("--limit", type=int, default=1500)
     p.add_argument("--eval-limit", type=int, default=500)

@@ -134,7 +134,7 @@ def test_denoising_train_cli_json_metrics_and_contract(cli, stripes):
     )
     # --noise without --arch: the U-Net denoiser
     arch = {"net": "unet", "image_size": 16, "channels": 1, "width": 4, "output": "clamp"}
-    assert ck.meta["arch"] == {**arch, "depth": 2} and "latent" not in ck.meta["io"]
+    assert ck.meta["arch"] == {**arch, "depth": 2, "act": "silu"} and "latent" not in ck.meta["io"]
     assert ck.meta["metrics"]["psnr_gain_db"] == pytest.approx(m["psnr_gain_db"])
     assert m["psnr_gain_db"] > 0  # it denoises
     model = build_from_meta(ck.meta)

@@ -239,7 +239,10 @@ class AeConfig(ConfigBase):
     strict: bool = knob(False, "fail on unreadable files instead of skipping them")
     image_size: int | None = knob(None, "side; None = the data's side (28 for MNIST)")
     latent: int = knob(32, "bottleneck size; 16-128 (smaller compresses more)", lo=1, hi=65536)
-    width: int = knob(32, "channels of the first conv stage, doubled per stage; 16-64", lo=1, hi=1024)  # fmt: skip
+    width: int | None = knob(
+        None, "channels of the first stage, doubled per stage; None = 16 (unet) / 32 (conv)",
+        lo=1, hi=1024,
+    )  # fmt: skip
     noise: str | None = knob(None, f"{noise_kinds.spec_help()}; None = plain AE")
     # unet: skips at every scale + residual output (denoising); conv: a compressing latent
     arch: str | None = knob(
@@ -247,7 +250,7 @@ class AeConfig(ConfigBase):
     )
     loss: str = knob("mse", "per-pixel loss", choices=("mse", "bce"))
     epochs: int = knob(10, "passes over the training images", lo=1)
-    batch_size: int = knob(64, "images per step; 32-256", lo=1)
+    batch_size: int | None = knob(None, "images per step; None = 16 (unet) / 64 (conv)", lo=1)
     lr: float = knob(2e-3, "Adam learning rate; 5e-4 - 3e-3", lo=0.0)
     val_fraction: float = knob(0.1, "share held out for per-epoch validation", lo=0.0, hi=0.9)
     test_fraction: float = knob(0.1, "share held out for the final PSNR/SSIM", lo=0.0, hi=0.9)
@@ -270,6 +273,20 @@ class AeConfig(ConfigBase):
         if self.arch is not None:
             return self.arch
         return "conv" if noise_kinds.is_off(self.noise) else "unet"
+
+    # The U-Net denoiser's recipe (issue 12): at 1,500 images x 15 epochs, batch 16 (4x the Adam
+    # steps of batch 64) gained +1.4 dB on mnist5k, +0.8 on Fashion-MNIST; width 16 then matched
+    # width 32 (within 0.15 dB either way) at a third of the CPU time per image.
+    NET_DEFAULTS: ClassVar[dict[str, dict[str, int]]] = {
+        "unet": {"width": 16, "batch_size": 16},
+        "conv": {"width": 32, "batch_size": 64},
+    }
+
+    def resolved(self) -> AeConfig:
+        """This config with width and batch_size filled in from the net's defaults where None
+        (what config.yaml records, so a resumed run keeps them whatever later defaults say)."""
+        fill = {k: v for k, v in self.NET_DEFAULTS[self.net].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill) if fill else self
 
 
 @dataclass

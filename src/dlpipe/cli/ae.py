@@ -10,7 +10,6 @@ from .. import noise as noise_kinds
 from ..runs import DEFAULT_RUNS_DIR
 from .common import (
     AmpOpt,
-    BatchSizeOpt,
     CompileOpt,
     DataOpt,
     DataRootOpt,
@@ -71,11 +70,16 @@ def train(
         typer.Option("--loss", help="Per-pixel loss (bce: near-binary images)."),
     ] = "mse",
     width: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--width", min=1, max=1024, help="Channels of the first conv stage (doubled per stage)."
+            "--width",
+            min=1,
+            max=1024,
+            help="Channels of the first conv stage (doubled per stage). "
+            "[default: 16 for unet, 32 for conv]",
+            show_default=False,
         ),
-    ] = 32,
+    ] = None,
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="Image side [default: the data's].")
     ] = None,
@@ -83,7 +87,17 @@ def train(
         int,
         typer.Option("--epochs", min=1, help="Passes over the training images (--resume: saved)."),
     ] = 10,
-    batch_size: BatchSizeOpt = 64,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            help="Images per optimisation step. [default: 16 for unet, 64 for conv]",
+            show_default=False,
+            rich_help_panel="Optimisation",
+        ),
+    ] = None,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate.")] = 2e-3,
     val_fraction: ValFractionOpt = 0.1,
     test_fraction: TestFractionOpt = 0.1,

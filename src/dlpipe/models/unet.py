@@ -11,6 +11,12 @@ every upsampling lands exactly on the size of its skip. Channels double per leve
 (capped at 8x). The last convolution starts at zero: an untrained model is the identity, and
 training starts from "return the noisy input" rather than from noise. No BatchNorm: eval mode is
 train mode, so what is exported is what was measured.
+
+The activation is SiLU (`act="silu"`, the default of new models): at the issue-12 budget (1,500
+images, 15 epochs, gaussian 0.3, width 16, batch 16) it gained +0.4 dB over LeakyReLU(0.2) on
+Fashion-MNIST and +0.2 dB on mnist5k (8x8 digits, not tuned on: -0.1, within seed noise). Files
+written before it have no "act" in their arch and keep LeakyReLU (`act="leaky"`); activations hold
+no weights, so the tensor names are the same either way.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from torch import nn
 
 MAX_DEPTH = 4
+ACTIVATIONS = ("silu", "leaky")
 
 
 def unet_depth(image_size: int) -> int:
@@ -32,12 +39,17 @@ def unet_depth(image_size: int) -> int:
     return depth
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+def _act(kind: str) -> nn.Module:
+    if kind == "silu":
+        return nn.SiLU(inplace=True)
+    if kind == "leaky":
+        return nn.LeakyReLU(0.2, inplace=True)
+    raise ValueError(f"unknown U-Net activation {kind!r}; known: {', '.join(ACTIVATIONS)}")
+
+
+def _block(cin: int, cout: int, act: str) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, 1, 1),
-        nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv2d(cout, cout, 3, 1, 1),
-        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(cin, cout, 3, 1, 1), _act(act), nn.Conv2d(cout, cout, 3, 1, 1), _act(act)
     )
 
 
@@ -45,21 +57,26 @@ class UNet(nn.Module):
     """image (N, C, S, S) in [0, 1] -> denoised image (N, C, S, S) in [0, 1]."""
 
     def __init__(
-        self, image_size: int = 28, channels: int = 1, width: int = 32, output: str = "clamp"
+        self,
+        image_size: int = 28,
+        channels: int = 1,
+        width: int = 16,
+        output: str = "clamp",
+        act: str = "silu",
     ):
         super().__init__()
         self.depth = unet_depth(image_size)
         self.output = output
         chans = [min(width * 2**i, width * 8) for i in range(self.depth + 1)]
-        self.inc = _block(channels, chans[0])
+        self.inc = _block(channels, chans[0], act)
         self.down = nn.ModuleList(
-            nn.Sequential(nn.MaxPool2d(2), _block(chans[i], chans[i + 1]))
+            nn.Sequential(nn.MaxPool2d(2), _block(chans[i], chans[i + 1], act))
             for i in range(self.depth)
         )
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(chans[i + 1], chans[i], 2, 2) for i in range(self.depth)
         )
-        self.merge = nn.ModuleList(_block(2 * chans[i], chans[i]) for i in range(self.depth))
+        self.merge = nn.ModuleList(_block(2 * chans[i], chans[i], act) for i in range(self.depth))
         self.out = nn.Conv2d(chans[0], channels, 1)
         nn.init.zeros_(self.out.weight)  # start as the identity: output = input
         nn.init.zeros_(self.out.bias)
@@ -87,10 +104,20 @@ class UNet(nn.Module):
 
 
 def build_unet(arch: dict[str, Any]) -> UNet:
-    """A U-Net from the checkpoint's `arch` dict (random weights)."""
+    """A U-Net from the checkpoint's `arch` dict (random weights); an arch without "act" was
+    written before SiLU became the default and gets the LeakyReLU it was trained with."""
+    act = str(arch.get("act", "leaky"))
+    if act not in ACTIVATIONS:
+        from ..errors import BadInput
+
+        raise BadInput(
+            f"U-Net activation {act!r} is unknown to this dlpipe.",
+            hint=f"Known: {', '.join(ACTIVATIONS)}; was the checkpoint written by a newer dlpipe?",
+        )
     return UNet(
         image_size=int(arch["image_size"]),
         channels=int(arch["channels"]),
         width=int(arch["width"]),
         output=str(arch.get("output", "clamp")),
+        act=act,
     )

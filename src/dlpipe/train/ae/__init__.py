@@ -36,12 +36,16 @@ def train_autoencoder(
     noise = parse_noise(cfg.noise)
     out = out or quiet()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
-    if resume and cfg.arch is None:  # a run from before --arch: keep the net it was built with
-        cfg.arch = _saved_net(run)
+    saved = _saved_arch(run) if resume else None
+    if saved is not None and cfg.arch is None:  # a run from before --arch: keep its net
+        cfg.arch = str(saved.get("net", "conv"))
+    if saved is not None and cfg.width is None:  # the width its weights have
+        cfg.width = int(saved["width"])
+    cfg = cfg.resolved()  # width and batch size of the net's recipe where not given
     ctx, device, accel, data = open_image_run(cfg, 0.0, 1.0, out)
     data = _evaluated_at_most(data, cfg.eval_limit)
     train, val = data.train, data.val
-    state = AeState.create(cfg, data, device, noise, ctx, accel)
+    state = AeState.create(cfg, data, device, noise, ctx, accel, saved)
     if resume:
         state.restore(run.checkpoint("last"))
         share_rng(ctx, device)  # the saved CUDA state is rank 0's device's
@@ -54,14 +58,15 @@ def train_autoencoder(
     return on_main(lambda: final_outputs(state, data, run, out, time.perf_counter() - started), ctx)
 
 
-def _saved_net(run: RunDir) -> str | None:
-    """The autoencoder net of the run's last checkpoint (conv for files older than --arch)."""
-    from ...checkpoint import load_checkpoint
+def _saved_arch(run: RunDir) -> dict[str, Any] | None:
+    """The arch of the run's last checkpoint (no "net": conv, a file older than --arch; no "act":
+    a U-Net from before SiLU), or None when there is none (resume then says so)."""
+    from ...checkpoint import read_meta
 
     path = run.checkpoint("last")
     if not path.exists():
-        return None  # resume explains that there is nothing to resume
-    return str(load_checkpoint(path).meta.get("arch", {}).get("net", "conv"))
+        return None
+    return dict(read_meta(path).get("arch") or {})
 
 
 def _evaluated_at_most(data: ImageData, n: int | None) -> ImageData:

@@ -84,8 +84,11 @@ class AeState:
         noise: tuple[str, float] | None,
         ctx: DistContext | None = None,
         accel: Accel | None = None,
+        saved: dict[str, Any] | None = None,
     ) -> AeState:
-        """A fresh autoencoder sized to the data, with Adam, and its training view."""
+        """A fresh autoencoder sized to the data, with Adam, and its training view; `saved` (the
+        arch of the checkpoint a resumed run continues) keeps the U-Net activation it was
+        trained with (LeakyReLU for files from before SiLU)."""
         arch = {
             "net": cfg.net, "image_size": data.image_size,
             "channels": data.channels, "width": cfg.width,
@@ -95,6 +98,8 @@ class AeState:
             arch["latent"] = cfg.latent
         else:
             arch["depth"] = unet_depth(data.image_size)  # informative; rebuilt from image_size
+            old = saved if saved and saved.get("net") == "unet" else None
+            arch["act"] = str(old.get("act", "leaky")) if old else "silu"
         model = build_autoencoder(arch).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         ctx, accel = ctx or DistContext(), accel or Accel(device)
