@@ -269,3 +269,15 @@ def test_a_stand_in_row_takes_its_neighbours_label(tmp_path):
     assert src.targets(pos).tolist() == [0, 1, 0]
     assert torch.equal(src.batch(pos)[0], src.batch(pos)[2])
     assert src.real(pos).tolist() == [False, True, True]
+
+
+def test_a_bad_row_decoded_by_the_fill_and_a_reader_is_reported_once(tmp_path, held_fill):
+    """The fill thread and a batch can decode the same row at once; a bad one is listed once."""
+    root = _folder(tmp_path / "data")
+    cut = root / "0" / "3.png"
+    cut.write_bytes(cut.read_bytes()[:80])
+    ds = open_source(root)
+    rows = open_rows(ds, np.arange(len(ds)), PRE)
+    assert rows.store.decode_into(3) and rows.store.decode_into(3)  # both found it unusable
+    rows[np.array([3, 2])]  # the read tells the data set what was found
+    assert len(ds.skipped) == 1 and ds.skipped[0][0].endswith("3.png")

@@ -79,9 +79,10 @@ class RowStore:
         """Decode row `p` into the file and mark its state; True when it is unusable."""
         px, why = decode_row(self.ds, int(self.indices[p]), self.preprocess)
         if px is None:
-            with self.lock:
+            with self.lock:  # the fill and a reader can both decode a row: report it once
+                if p not in self.why:
+                    self.pending.append((int(self.indices[p]), why))
                 self.why[p] = why
-                self.pending.append((int(self.indices[p]), why))
             self.state[p] = BAD
             return True
         check_size(self.ds, px, tuple(self.shape[1:]), int(self.indices[p]))
