@@ -313,4 +313,6 @@ def _torchrun(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_torchrun(sys.argv[1:]))
+    from dlpipe.exiting import exit_now
+
+    exit_now(_torchrun(sys.argv[1:]))  # the agent's code, without a teardown abort after it
