@@ -1,12 +1,11 @@
 """`python -m dlpipe` runs the CLI. A process of a torchrun job leaves through `exiting.exit_now`
 (no C++ teardown at exit: see that module)."""
 
-import os
-
 from dlpipe.cli import main
+from dlpipe.distributed import env_world_size
 
 if __name__ == "__main__":
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if env_world_size() > 1:
         from dlpipe.exiting import run_and_exit
 
         run_and_exit(main)

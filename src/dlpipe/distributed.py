@@ -131,6 +131,16 @@ def all_reduce_sum(tensor: Any, ctx: DistContext) -> Any:
     return tensor
 
 
+def any_rank(flag: bool, ctx: DistContext | None, device: Any = None) -> bool:
+    """Is `flag` set on any process? One all-reduce (a tensor on `device`: the GPU under NCCL);
+    `flag` itself in a single process. Every process must call it together."""
+    if ctx is None or not ctx.enabled:
+        return flag
+    import torch
+
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device), ctx).item() > 0)
+
+
 def from_main(value: Any, ctx: DistContext) -> Any:
     """Rank 0's `value` on every rank (a small picklable object between our own processes)."""
     if not ctx.enabled:

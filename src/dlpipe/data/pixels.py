@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed import any_rank
 from .preprocess import Preprocess
 from .rowfile import cache_dir
 from .rows import PixelRows
@@ -62,7 +63,7 @@ def open_pixels(
 
     problem = None
     if usable(ds, preprocess):
-        if _everywhere(writable(), ctx):
+        if not any_rank(not writable(), ctx):  # the processes must take the same path
             try:
                 rows = open_rows(ds, indices, preprocess, ctx)
                 advance(len(indices))
@@ -92,14 +93,3 @@ def in_memory(
     if together:
         return shared_pixels(ds, indices, preprocess, ctx, advance, workers)
     return pixels_and_indices(ds, indices, preprocess, advance, workers)
-
-
-def _everywhere(ok: bool, ctx: Any) -> bool:
-    """`ok` on every process (the processes must take the same path)."""
-    if ctx is None or not ctx.enabled:
-        return ok
-    import torch
-
-    from ..distributed import all_reduce_sum
-
-    return all_reduce_sum(torch.tensor([float(not ok)]), ctx).item() == 0

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed import any_rank
 from . import rowfile
 from .arrays import Tally, _cores, check_size, decode_row
 from .preprocess import Preprocess
@@ -305,14 +306,7 @@ def open_rows(
     key = rowfile.row_key(ds, indices, preprocess)
     meta = rowfile.read_committed(key, shape)
     together = ctx is not None and ctx.enabled
-    miss = meta is None
-    if together:
-        import torch
-
-        from ..distributed import all_reduce_sum
-
-        miss = bool(all_reduce_sum(torch.tensor([float(miss)]), ctx).item() > 0)
-    if not miss:
+    if not any_rank(meta is None, ctx):  # one process without the file: all fill it
         assert meta is not None
         return PixelRows(_committed(ds, indices, preprocess, key, shape, meta))
     if together:

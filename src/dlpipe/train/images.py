@@ -14,7 +14,7 @@ from ..data import Preprocess, make_split, open_source
 from ..data.pixels import open_pixels
 from ..data.rows import PixelRows
 from ..data.splits import held_out_missing, subsample
-from ..distributed import current
+from ..distributed import any_rank, current
 from ..models.dcgan import stages
 
 if TYPE_CHECKING:
@@ -195,14 +195,7 @@ def weighted(loss: torch.Tensor, share: float) -> torch.Tensor:
 
 def agree_stop(requested: bool, device: Any, ctx: DistContext) -> bool:
     """Ctrl-C on any process stops every process (one all-reduce on `device`, NCCL-safe)."""
-    if not ctx.enabled:
-        return requested
-    import torch
-
-    from ..distributed import all_reduce_sum
-
-    flag = torch.tensor([float(requested)], device=device)
-    return bool(all_reduce_sum(flag, ctx).item() > 0)
+    return any_rank(requested, ctx, device)
 
 
 def share_rng(ctx: DistContext, device: Any) -> None:

@@ -31,7 +31,7 @@ from ...data.arrays import Tally, decode_workers, decoded_batches
 from ...data.sources import ImageDataset
 from ...distributed import (
     DistContext,
-    all_reduce_sum,
+    any_rank,
     env_world_size,
     gather_rows,
     shard_positions,
@@ -243,10 +243,8 @@ def cached_features(
                     engine)  # fmt: skip
     path = cache_dir() / f"{key}.safetensors"
     hit, how = _lookup(key, path)
-    miss = hit is None
-    if ctx.enabled:  # the ranks agree: one missing cache means all compute
-        wire = device if "nccl" in (ctx.backend or "") else torch.device("cpu")  # GPUs: NCCL
-        miss = all_reduce_sum(torch.tensor([float(miss)], device=wire), ctx).item() > 0
+    wire = device if "nccl" in (ctx.backend or "") else torch.device("cpu")  # GPUs: NCCL
+    miss = any_rank(hit is None, ctx, wire)  # the ranks agree: one missing cache, all compute
     if miss:
         net = _ort(body, weights_hash, ds, preprocess, ctx) if engine == "onnxruntime" else None
         if engine == "onnxruntime" and net is None:  # not exportable: eager, under eager's key
