@@ -123,3 +123,23 @@ def test_predict_refuses_a_provider_that_does_not_run(cli, tmp_path, image_folde
         result.exit_code == 3  # an unavailable provider is this machine's problem (README: 3)
         and "CUDAExecutionProvider is not in this onnxruntime" in result.stderr
     )
+
+
+def test_reconstructions_of_inputs_sharing_a_name_do_not_overwrite_each_other(cli, tmp_path):
+    ae = write_autoencoder_run(tmp_path)
+    assert cli("export", ae, "--exporter", "torchscript", "--quiet").exit_code == 0
+    inputs = {"a/x.png": 10, "b/x.png": 200, "b/x.jpg": 90, "y.png": 30}
+    for name, value in inputs.items():
+        Path(name).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8), value, dtype=np.uint8)).save(name)
+    res = _no_torch("predict", "exports/tiny.onnx", "a", "b", "y.png", "--out", "recon", "--json")
+    assert res["code"] == 0, res
+    rows = {Path(r["file"]).as_posix(): r for r in parse_json(res["stdout"])["predictions"]}
+    recon = Path("recon").resolve()
+    written = {Path(r["reconstruction"]).resolve().relative_to(recon).as_posix()
+               for r in rows.values()}  # fmt: skip
+    # a name shared by three files: the folder tells a/ from b/, only the extension b/x.png from
+    # b/x.jpg, so all three carry both; y.png is alone and keeps its stem
+    assert written == {"a/x_png.reconstruction.png", "b/x_png.reconstruction.png",
+                       "b/x_jpg.reconstruction.png", "y.reconstruction.png"}  # fmt: skip
+    assert len({Image.open(r["reconstruction"]).tobytes() for r in rows.values()}) == 4

@@ -214,6 +214,32 @@ def _classify(
     return rows
 
 
+def output_names(paths: list[Path]) -> list[str]:
+    """One output name per input, without suffix: the file's stem when that is unique, else the
+    shortest trailing part of its path that tells it apart (`a/x.png`, `b/x.png` -> `a/x`, `b/x`,
+    written in subfolders), and the extension when only that differs (`x.png`, `x.jpg` ->
+    `x_png`, `x_jpg`). The same file given twice gets the same name."""
+    full = [p.resolve() for p in paths]
+    distinct = list(dict.fromkeys(full))
+
+    def tail(p: Path, depth: int, ext: bool) -> str:
+        parts = list(p.parts[-depth:])
+        parts[-1] = p.stem + (f"_{p.suffix.lstrip('.')}" if ext else "")
+        return "/".join(parts).lstrip("/")
+
+    names: dict[Path, str] = {}
+    for stem in dict.fromkeys(p.stem for p in distinct):  # only files sharing a stem go deeper
+        group = [p for p in distinct if p.stem == stem]
+        deepest = max(len(p.parts) for p in group)
+        tries = [(ext, depth) for ext in (False, True) for depth in range(1, deepest + 1)]
+        for ext, depth in tries:  # the last (whole path and extension) always tells them apart
+            tails = {p: tail(p, depth, ext) for p in group}
+            if len(set(tails.values())) == len(group):
+                names.update(tails)
+                break
+    return [names[p] for p in full]
+
+
 def _write_arrays(
     paths: list[Path], out: np.ndarray, meta: dict[str, Any], part: str, folder: Path
 ) -> list[dict[str, Any]]:
@@ -222,9 +248,10 @@ def _write_arrays(
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path, y in zip(paths, out, strict=True):
+    for path, name, y in zip(paths, output_names(paths), out, strict=True):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         if part == "encoder":
-            target = folder / f"{path.stem}.latent.npy"
+            target = folder / f"{name}.latent.npy"
             with atomic_path(target, suffix=".npy") as tmp:
                 np.save(tmp, y.astype(np.float32), allow_pickle=False)
             rows.append(
@@ -233,7 +260,7 @@ def _write_arrays(
             continue
         img = np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)  # outputs are in [0, 1]
         img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-        target = folder / f"{path.stem}.reconstruction.png"
+        target = folder / f"{name}.reconstruction.png"
         with atomic_path(target, suffix=".png") as tmp:
             Image.fromarray(img).save(tmp, format="PNG")
         rows.append({"file": str(path), "reconstruction": str(target)})
