@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .._version import __version__
-from . import ae, backbones, data, doctor, evaluate, finetune, gan, onnx, pipeline, weights
+from . import ae, backbones, cache, data, doctor, evaluate, finetune, gan, onnx, pipeline, weights
 
 app = typer.Typer(
     name="dlpipe",
@@ -49,6 +49,7 @@ pipeline.register(app)
 app.add_typer(backbones.app, name="backbones")
 app.add_typer(data.app, name="data")
 app.add_typer(weights.app, name="weights")
+app.add_typer(cache.app, name="cache")
 doctor.register(app)
 
 
