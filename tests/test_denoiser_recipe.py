@@ -1,5 +1,6 @@
-"""The U-Net denoiser's defaults (issue 12: width 16, batch 16, SiLU) and the files written before
-them: a resumed or exported pre-SiLU run keeps the LeakyReLU and the width its weights have."""
+"""The U-Net denoiser's defaults (issue 12: width 16, batch 8, SiLU, lr/10 in the last fifth of
+the epochs) and the files written before them: a resumed or exported pre-SiLU run keeps the
+LeakyReLU and the width its weights have."""
 
 from __future__ import annotations
 
@@ -38,11 +39,18 @@ def _acts(model: nn.Module) -> set[type]:
 
 def test_defaults_follow_the_net_and_given_values_win():
     unet = AeConfig(noise="gaussian:0.3").resolved()
-    assert (unet.net, unet.width, unet.batch_size) == ("unet", 16, 16)
+    assert (unet.net, unet.width, unet.batch_size) == ("unet", 16, 8)
     conv = AeConfig().resolved()  # no noise: the compressing autoencoder keeps 32 / 64
     assert (conv.net, conv.width, conv.batch_size) == ("conv", 32, 64)
     given = AeConfig(noise="0.3", width=24, batch_size=40).resolved()
     assert (given.width, given.batch_size) == (24, 40)
+
+
+def test_the_unet_anneals_its_last_fifth_of_epochs_and_the_conv_ae_does_not():
+    unet = AeConfig(noise="0.3", epochs=15, lr=1e-3)
+    assert [unet.lr_at(e) for e in (1, 12, 13, 15)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    assert AeConfig(noise="0.3", epochs=2).lr_at(2) == 2e-3  # too short to anneal
+    assert AeConfig(epochs=15).lr_at(15) == 2e-3  # conv
 
 
 def test_a_fresh_denoiser_records_its_recipe(cli, blobs):
@@ -51,10 +59,10 @@ def test_a_fresh_denoiser_records_its_recipe(cli, blobs):
     assert res.exit_code == 0, res.output
     run = Path(parse_json(res.stdout)["run_dir"])
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert (saved["width"], saved["batch_size"]) == (16, 16)  # numbers, not None: resumes keep them
+    assert (saved["width"], saved["batch_size"]) == (16, 8)  # numbers, not None: resumes keep them
     ck = load_checkpoint(CK)
     assert ck.meta["arch"]["width"] == 16 and ck.meta["arch"]["act"] == "silu"
-    assert ck.state["step"] == 2  # 32 training images in batches of 16
+    assert ck.state["step"] == 4  # 32 training images in batches of 8
     assert _acts(build_from_meta(ck.meta)) == {nn.SiLU}
 
 

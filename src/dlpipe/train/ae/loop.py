@@ -152,7 +152,10 @@ class AeState:
         self.pixels = train_pixels(self.train, self.device)
 
     def train_epoch(self, epoch: int, advance: Any, stop: StopFlag) -> dict:
-        """One epoch of denoising steps: the global mean training loss."""
+        """One epoch of denoising steps at the epoch's learning rate (AeConfig.lr_at: the U-Net's
+        last epochs anneal): the global mean training loss."""
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.lr_at(epoch)
         return {"train_loss": run_epoch(self, self.pixels, epoch, advance, stop)}
 
     def end_epoch(self, row: dict[str, Any]) -> dict[str, Any]:
