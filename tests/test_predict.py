@@ -143,3 +143,10 @@ def test_reconstructions_of_inputs_sharing_a_name_do_not_overwrite_each_other(cl
     assert written == {"a/x_png.reconstruction.png", "b/x_png.reconstruction.png",
                        "b/x_jpg.reconstruction.png", "y.reconstruction.png"}  # fmt: skip
     assert len({Image.open(r["reconstruction"]).tobytes() for r in rows.values()}) == 4
+
+
+def test_output_names_stay_unique_when_a_stem_looks_like_a_made_up_name(tmp_path):
+    from dlpipe.export.predict import output_names
+
+    files = [tmp_path / n for n in ("x.png", "x.jpg", "x_png.png", "x.png")]
+    assert output_names(files) == ["x_png", "x_jpg", "x_png~2", "x_png"]

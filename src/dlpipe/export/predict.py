@@ -218,9 +218,12 @@ def output_names(paths: list[Path]) -> list[str]:
     """One output name per input, without suffix: the file's stem when that is unique, else the
     shortest trailing part of its path that tells it apart (`a/x.png`, `b/x.png` -> `a/x`, `b/x`,
     written in subfolders), and the extension when only that differs (`x.png`, `x.jpg` ->
-    `x_png`, `x_jpg`). The same file given twice gets the same name."""
+    `x_png`, `x_jpg`); a name that still meets another file's (`x_png.png` beside those) gets
+    `~2`, `~3`, ... The same file given twice gets the same name."""
     full = [p.resolve() for p in paths]
-    distinct = list(dict.fromkeys(full))
+    by_stem: dict[str, list[Path]] = {}
+    for p in dict.fromkeys(full):
+        by_stem.setdefault(p.stem, []).append(p)
 
     def tail(p: Path, depth: int, ext: bool) -> str:
         parts = list(p.parts[-depth:])
@@ -228,8 +231,7 @@ def output_names(paths: list[Path]) -> list[str]:
         return "/".join(parts).lstrip("/")
 
     names: dict[Path, str] = {}
-    for stem in dict.fromkeys(p.stem for p in distinct):  # only files sharing a stem go deeper
-        group = [p for p in distinct if p.stem == stem]
+    for group in by_stem.values():  # only files sharing a stem go deeper
         deepest = max(len(p.parts) for p in group)
         tries = [(ext, depth) for ext in (False, True) for depth in range(1, deepest + 1)]
         for ext, depth in tries:  # the last (whole path and extension) always tells them apart
@@ -237,6 +239,14 @@ def output_names(paths: list[Path]) -> list[str]:
             if len(set(tails.values())) == len(group):
                 names.update(tails)
                 break
+    used: set[str] = set()
+    for p, name in names.items():
+        n, unique = 1, name
+        while unique in used:
+            n += 1
+            unique = f"{name}~{n}"
+        used.add(unique)
+        names[p] = unique
     return [names[p] for p in full]
 
 
