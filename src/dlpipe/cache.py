@@ -15,11 +15,14 @@ open); the next run rebuilds it.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data.index import cache_root
+from .data.rowfile import fill_pid
+from .locks import pid_alive
 
 KINDS = {
     "pixels": "decoded images of folders (gan, ae, unfrozen finetune)",
@@ -47,38 +50,45 @@ def _entry_key(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def _writer_alive(tmp: Path) -> bool:
-    """Whether a temporary file's writer may still run: `.KEY.PID.TOKEN[.state].tmp` names its
-    process; other temporaries (atomic writes: no PID, gone within a second) count as live."""
-    parts = tmp.name.split(".")
-    if len(parts) < 4 or not parts[2].isdigit():
-        return time.time() - tmp.stat().st_mtime < 3600
-    try:
-        os.kill(int(parts[2]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _is_temporary(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith(".tmp")
+
+
+def _writer_alive(tmp: Path, mtime: float) -> bool:
+    """Whether a temporary file's writer may still run: a fill's name carries its process id
+    (`rowfile.fill_pid`); other temporaries (atomic writes, gone within a second) count as live
+    for an hour after their last write."""
+    pid = fill_pid(tmp)
+    return pid_alive(pid) if pid else time.time() - mtime < 3600
+
+
+def _listing(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """The files of a cache folder with their stat; a file that vanishes while it is listed (a
+    fill committing: its temporary is renamed) is left out."""
+    out = []
+    for p in folder.iterdir() if folder.is_dir() else []:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.append((p, st))
+    return out
 
 
 def usage(kinds: list[str] | None = None) -> list[KindUsage]:
     """Entries, bytes and newest write of each kind (all kinds by default)."""
     out = []
     for kind in kinds or list(KINDS):
-        folder = cache_root() / kind
-        u = KindUsage(kind, folder)
-        files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+        u = KindUsage(kind, cache_root() / kind)
         keys = set()
-        for p in files:
-            st = p.stat()
+        for p, st in _listing(u.path):
             u.bytes += st.st_size
             u.newest = max(u.newest or 0.0, st.st_mtime)
-            if p.name.startswith(".") and p.name.endswith(".tmp"):
-                if _writer_alive(p):
-                    u.in_progress.append(p)
-            else:
+            if not _is_temporary(p):
                 keys.add(_entry_key(p.name))
+            elif _writer_alive(p, st.st_mtime):
+                u.in_progress.append(p)
         u.entries = len(keys)
         out.append(u)
     return out
@@ -89,19 +99,16 @@ def clear(kinds: list[str] | None = None) -> dict[str, int]:
     temporaries of dead writers; keeps files a live process is writing. Returns {"entries",
     "files", "bytes", "kept"}."""
     freed = {"entries": 0, "files": 0, "bytes": 0, "kept": 0}
-    for u in usage(kinds or list(REBUILT)):
-        if not u.path.is_dir():
-            continue
+    for kind in kinds or list(REBUILT):
         keys = set()
-        for p in list(u.path.iterdir()):
-            if not p.is_file() or p in u.in_progress:
-                freed["kept"] += p in u.in_progress
+        for p, st in _listing(cache_root() / kind):
+            if _is_temporary(p) and _writer_alive(p, st.st_mtime):
+                freed["kept"] += 1
                 continue
-            size = p.stat().st_size
             p.unlink(missing_ok=True)
             freed["files"] += 1
-            freed["bytes"] += size
-            if not p.name.startswith("."):
+            freed["bytes"] += st.st_size
+            if not _is_temporary(p):
                 keys.add(_entry_key(p.name))
         freed["entries"] += len(keys)
     return freed

@@ -106,17 +106,22 @@ def _try_flock(fd: int, path: Path) -> int | None:
         raise
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (another user's process counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False  # gone
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
+
+
 def _live_owner(path: Path) -> int | None:
     pid = _read_pid(path)
     if not pid or pid == os.getpid():
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # stale: its owner is gone
-    except PermissionError:
-        return pid  # alive, owned by another user
-    return pid
+    return pid if pid_alive(pid) else None  # None: stale, its owner is gone
 
 
 def _read_pid(path: Path) -> int | None:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_text
+from ..locks import pid_alive
 from .index import cache_root
 from .preprocess import Preprocess
 from .sources import ImageDataset
@@ -132,19 +133,19 @@ def blank(path: Path, nbytes: int) -> None:
         ) from None
 
 
+def fill_pid(tmp: Path) -> int:
+    """The process id a temporary file's name carries (`.KEY.PID.TOKEN[.state].tmp`, see
+    `temp_files`); 0 when it carries none."""
+    parts = tmp.name.split(".")
+    return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
+
+
 def sweep(key: str) -> None:
     """Remove temporary files of `key` left by fills or builds whose process is gone (killed
     runs); a file whose name carries no process id (a node's shared build) is removed too."""
     for tmp in cache_dir().glob(f".{key}.*.tmp"):
-        parts = tmp.name.split(".")
-        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 0
-        try:
-            if pid:
-                os.kill(pid, 0)  # alive: it is filling now
-                continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        pid = fill_pid(tmp)
+        if pid and pid_alive(pid):  # it is filling now
             continue
         tmp.unlink(missing_ok=True)
 
