@@ -61,6 +61,19 @@ def image_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def stripes(tmp_path: Path) -> Path:
+    """40 gray 16x16 images of a bright stripe on black (mostly-black images, like MNIST, once
+    drove a sigmoid output into saturation: test_ae would catch that)."""
+    root = tmp_path / "stripes"
+    root.mkdir()
+    for i in range(40):
+        img = np.zeros((16, 16), np.uint8)
+        img[:, i % 12 : i % 12 + 4] = 220
+        Image.fromarray(img).save(root / f"{i}.png")
+    return root
+
+
 @contextmanager
 def lock_held_elsewhere(folder: str) -> Iterator[int]:
     """Another live process holds dlpipe's lock on `folder` (relative paths: the test's folder) for

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dlpipe.checkpoint import load_checkpoint
 from dlpipe.errors import BadInput
@@ -19,19 +18,6 @@ from dlpipe.noise import add_noise, parse_noise
 from tests.conftest import parse_json
 
 TINY = ["--latent", "8", "--width", "4", "--batch-size", "8", "--quiet", "--lr", "3e-3"]
-
-
-@pytest.fixture
-def stripes(tmp_path: Path) -> Path:
-    """40 gray 16x16 images of a bright stripe on black (mostly-black images, like MNIST, once
-    drove a sigmoid output into saturation: the test below would catch that)."""
-    root = tmp_path / "stripes"
-    root.mkdir()
-    for i in range(40):
-        img = np.zeros((16, 16), np.uint8)
-        img[:, i % 12 : i % 12 + 4] = 220
-        Image.fromarray(img).save(root / f"{i}.png")
-    return root
 
 
 @pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (16, 1), (64, 3)])

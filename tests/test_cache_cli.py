@@ -9,21 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from safetensors.numpy import load_file
 
 from tests.conftest import parse_json
 
 TINY = ["--epochs", "1", "--width", "4", "--batch-size", "8", "--quiet", "--seed", "3"]
-
-
-def _folder(root: Path) -> Path:
-    root.mkdir()
-    for i in range(24):
-        img = np.zeros((16, 16), np.uint8)
-        img[:, i % 12 : i % 12 + 4] = 220
-        Image.fromarray(img).save(root / f"{i}.png")
-    return root
 
 
 def _kinds(cli) -> dict[str, dict]:
@@ -36,8 +26,8 @@ def _weights(run: str) -> dict[str, np.ndarray]:
     return load_file(str(Path(run) / "checkpoints" / "last.safetensors"))
 
 
-def test_clear_frees_what_a_run_cached_and_the_next_run_rebuilds_it(cli, tmp_path):
-    data = _folder(tmp_path / "stripes")
+def test_clear_frees_what_a_run_cached_and_the_next_run_rebuilds_it(cli, stripes):
+    data = stripes
     first = cli("ae", "train", "--data", data, "--name", "a", "--json", *TINY)
     assert first.exit_code == 0, first.output
     before = _kinds(cli)

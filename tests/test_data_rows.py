@@ -197,6 +197,7 @@ def test_two_processes_read_only_their_rows_and_match_one(cli, tmp_path):
             import json, os
             from dlpipe.cli import app
             from dlpipe.data.rows import PixelRows
+            from dlpipe.exiting import run_and_exit
             seen = []
             real = PixelRows.batch
             def batch(self, order, part=None):
@@ -204,11 +205,13 @@ def test_two_processes_read_only_their_rows_and_match_one(cli, tmp_path):
                 seen.append({{"order": [int(p) for p in order], "rows_read": self.rows_read}})
                 return out
             PixelRows.batch = batch
-            try:
-                app({[*args, "--name", "two"]!r}, standalone_mode=False)
-            finally:
-                with open(f"reads-{{os.environ['RANK']}}.json", "w") as fh:
-                    json.dump(seen, fh)
+            def job():
+                try:
+                    app({[*args, "--name", "two"]!r}, standalone_mode=False)
+                finally:
+                    with open(f"reads-{{os.environ['RANK']}}.json", "w") as fh:
+                        json.dump(seen, fh)
+            run_and_exit(job)  # as `python -m dlpipe` leaves a torchrun rank: no C++ teardown
             """
         )
     )
